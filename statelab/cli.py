@@ -1,0 +1,309 @@
+"""The `statelab` command: the only argv parser. Each subcommand is a thin call into the runtime.
+
+Exit codes: 0 success; 1 a scenario deviated from its expectation; 2 an error (bad input, a
+server that would not start, a lab that is not running): the message says what to do next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from statelab.errors import LabError
+
+EXIT_OK, EXIT_DEVIATED, EXIT_ERROR = 0, 1, 2
+POLICY_HELP = "round-robin, least-connections, ip-hash, cookie, consistent-hash or p2c"
+
+
+def _default_run_dir(label: str) -> Path:
+    from statelab.config import default_run_root
+
+    return default_run_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+
+
+def _add_state_file(p: argparse.ArgumentParser) -> None:
+    from statelab.control import DEFAULT_STATE_FILE
+
+    p.add_argument("--state-file", type=Path, default=DEFAULT_STATE_FILE,
+                   help=f"state file of the running lab (default: {DEFAULT_STATE_FILE})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="statelab",
+        description="Replay production disasters against a stateful and a stateless app, and measure what users lose.",
+        epilog="Start here: `statelab list`, then `statelab run all --quick`. "
+               "Run a lab by hand with `statelab up --app stateful` and break it from another shell.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what the runtime does")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("list", help="list the scenarios, one line each")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="run a scenario (or all) against both apps and report what users lost",
+                       description="Run scenarios against real processes. Exit 0 if every result matched its "
+                                   "expectation, 1 if any deviated, 2 on errors.")
+    p.add_argument("scenario", help="a scenario name from `statelab list`, or `all`")
+    p.add_argument("--app", choices=("stateful", "stateless", "both"), default="both")
+    p.add_argument("--quick", action="store_true", help="smaller, faster profile (the whole set in about a minute)")
+    p.add_argument("--seed", type=int, default=1, help="seed for the simulated users (default: 1)")
+    p.add_argument("--users", type=int, default=None, help="override the number of simulated users")
+    p.add_argument("--lb", choices=("builtin", "haproxy"), default="builtin", help="balancer engine")
+    p.add_argument("--json", type=Path, dest="json_path", help="write the JSON journal here")
+    p.add_argument("--junit", type=Path, help="write JUnit XML here (one case per scenario x app)")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML report with charts here")
+    p.add_argument("--run-dir", type=Path, help="where logs and data go (default: .statelab/runs/...)")
+    p.add_argument("--target", help="run against an already-running deployment: its balancer URL")
+    p.add_argument("--target-admin", help="with --target: the balancer's admin URL or HAProxy socket")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("up", help="start a whole lab and keep it up until Ctrl-C",
+                       description="Start PostgreSQL (+ Redis and S3 for the stateless app), seed, start N "
+                                   "instances and a balancer, print what runs where, and stay up until Ctrl-C.")
+    p.add_argument("--app", choices=("stateful", "stateless"), required=True)
+    p.add_argument("--instances", type=int, default=3, help="number of app instances (default: 3)")
+    p.add_argument("--policy", default="round-robin", help=f"balancing policy: {POLICY_HELP}")
+    p.add_argument("--lb", choices=("builtin", "haproxy"), default="builtin", help="balancer engine")
+    p.add_argument("--port", type=int, default=8000, help="balancer port (default: 8000; 0 picks a free one)")
+    p.add_argument("--auth-mode", choices=("session", "jwt"), default="session", help="stateless app only")
+    p.add_argument("--threads", type=int, default=8, help="gunicorn threads per instance (default: 8)")
+    p.add_argument("--no-restart", action="store_true", help="do not restart crashed instances")
+    p.add_argument("--no-dashboard", action="store_true", help="do not serve the live dashboard")
+    p.add_argument("--run-dir", type=Path)
+    _add_state_file(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("deploy", help="rolling restart of a running lab, one instance at a time")
+    p.add_argument("--batch", type=int, default=1, help="instances restarted together (default: 1)")
+    p.add_argument("--no-drain", action="store_true", help="restart without draining, as a naive deploy script would")
+    _add_state_file(p)
+    p.set_defaults(func=cmd_deploy)
+
+    p = sub.add_parser("kill", help="send a signal to one instance of a running lab")
+    p.add_argument("id", help="instance id, e.g. app-2")
+    p.add_argument("--signal", default="TERM", choices=("TERM", "KILL", "INT", "STOP", "CONT"))
+    _add_state_file(p)
+    p.set_defaults(func=cmd_kill)
+
+    p = sub.add_parser("scale", help="start or stop instances of a running lab")
+    p.add_argument("count", type=int)
+    _add_state_file(p)
+    p.set_defaults(func=cmd_scale)
+
+    p = sub.add_parser("policy", help="switch the balancing policy of a running lab")
+    p.add_argument("name", help=POLICY_HELP)
+    _add_state_file(p)
+    p.set_defaults(func=cmd_policy)
+
+    p = sub.add_parser("status", help="show what a running lab is doing")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_state_file(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("lb", help="run only the load balancer in front of any HTTP backends")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--backend", action="append", required=True, metavar="[ID=]HOST:PORT",
+                   help="a backend; repeat for more")
+    p.add_argument("--policy", default="round-robin", help=POLICY_HELP)
+    p.add_argument("--admin-port", type=int, help="serve the JSON admin API on this loopback port")
+    p.add_argument("--health-interval", type=float, default=1.0, help="seconds between health checks")
+    p.add_argument("--trust-forwarded-for", action="store_true", help="ip-hash on X-Forwarded-For")
+    p.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
+    p.set_defaults(func=cmd_lb)
+
+    p = sub.add_parser("seed", help="create the schema and seed data in a PostgreSQL database (compose uses it)")
+    p.add_argument("--database-url", required=True)
+    p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--products", type=int, default=500)
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser("load", help="drive load with Locust against a running lab (web UI on 127.0.0.1:8089)")
+    p.add_argument("--users", type=int, default=50)
+    p.add_argument("--spawn-rate", type=float, default=10)
+    p.add_argument("--web", action="store_true", help="open the Locust web UI instead of running headless")
+    p.add_argument("--run-time", default="30s", help="headless run time (default: 30s)")
+    p.add_argument("--users-per-address", type=int, default=1, help="users sharing one source address (NAT)")
+    p.add_argument("--host", help="target URL (default: the running lab's balancer)")
+    _add_state_file(p)
+    p.set_defaults(func=cmd_load)
+    return parser
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from statelab.report import scenarios as report
+    from statelab.scenario import all_scenarios
+
+    report.scenario_list(all_scenarios())
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from statelab.scenario import RunOptions, run_from_cli
+
+    opts = RunOptions(scenario=args.scenario, app=args.app, quick=args.quick, seed=args.seed, users=args.users,
+                      lb=args.lb, json_path=args.json_path, junit_path=args.junit, html_path=args.html,
+                      run_dir=args.run_dir or _default_run_dir(f"run-{args.scenario}"),
+                      target=args.target, target_admin=args.target_admin)
+    return run_from_cli(opts)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from statelab.control import ControlServer, write_state_file
+    from statelab.report import lab as report
+    from statelab.topology import Lab, LabSpec
+
+    spec = LabSpec(app=args.app, instances=args.instances, policy=args.policy, lb=args.lb,
+                   port=args.port or None, run_dir=args.run_dir or _default_run_dir(f"up-{args.app}"),
+                   auth_mode=args.auth_mode, threads=args.threads, restart_crashed=not args.no_restart)
+    stop = threading.Event()
+    _on_signals(lambda: stop.set())
+    lab = Lab(spec)
+    control = dashboard = None
+    try:
+        lab.start(progress=report.progress)
+        control = ControlServer(lab).start()
+        dashboard_url = None
+        if not args.no_dashboard:
+            dashboard = _start_dashboard(lab, control.url)
+            dashboard_url = dashboard.url if dashboard else None
+        write_state_file(args.state_file, lab, control.url, dashboard_url)
+        status = lab.status().to_json()
+        status.update(control_url=control.url, dashboard_url=dashboard_url)
+        report.lab_table(status, str(args.state_file))
+        report.line("Up. Break it from another shell: `statelab deploy`, `statelab kill app-1`, "
+                    "`statelab scale 5`, `statelab policy ip-hash`. Ctrl-C stops everything.")
+        while not stop.wait(1.0):
+            write_state_file(args.state_file, lab, control.url, dashboard_url)
+    finally:
+        report.progress("stopping the lab")
+        if dashboard:
+            dashboard.stop()
+        if control:
+            control.stop()
+        lab.stop()
+        args.state_file.unlink(missing_ok=True)
+    return EXIT_OK
+
+
+def _start_dashboard(lab: object, control_url: str) -> object | None:
+    """Serve the live dashboard if that part of the lab is installed."""
+    try:
+        from statelab.dashboard import Dashboard
+    except ImportError:
+        return None
+    return Dashboard(lab, control_url).start()
+
+
+def _control(args: argparse.Namespace, method: str, path: str, body: dict[str, object] | None = None) -> int:
+    from statelab.control import ControlClient
+    from statelab.report import lab as report
+
+    status = ControlClient(args.state_file).call(method, path, body)
+    report.lab_table(status)
+    report.events(status)
+    return EXIT_OK
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from statelab.report import lab as report
+
+    report.progress("rolling restart: drain, stop, start, wait until ready, put back, one batch at a time")
+    return _control(args, "POST", "/deploy", {"batch": args.batch, "drain": not args.no_drain})
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    return _control(args, "POST", "/kill", {"id": args.id, "signal": args.signal})
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    return _control(args, "POST", "/scale", {"count": args.count})
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    return _control(args, "POST", "/policy", {"policy": args.name})
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from statelab.control import ControlClient
+    from statelab.report import lab as report
+
+    status = ControlClient(args.state_file).call("GET", "/status")
+    if args.json:
+        report.line(json.dumps(status, indent=2))
+    else:
+        report.lab_table(status)
+        report.events(status)
+    return EXIT_OK
+
+
+def cmd_lb(args: argparse.Namespace) -> int:
+    from statelab.balancer.proxy import BalancerOptions, serve_forever
+
+    backends = []
+    for n, spec in enumerate(args.backend, 1):
+        bid, _, addr = spec.rpartition("=")
+        backends.append((bid or f"backend-{n}", addr))
+    serve_forever(BalancerOptions(port=args.port, backends=tuple(backends), policy=args.policy,
+                                  admin_port=args.admin_port, health_interval_s=args.health_interval,
+                                  trust_forwarded_for=args.trust_forwarded_for, use_uvloop=not args.no_uvloop))
+    return EXIT_OK
+
+
+def cmd_seed(args: argparse.Namespace) -> int:
+    from statelab import seed
+    from statelab.report import lab as report
+
+    summary = seed.seed(args.database_url, users=args.users, products=args.products)
+    report.line(str(summary))
+    return EXIT_OK
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from statelab.loadgen import run_locust
+
+    return run_locust(args)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+def _on_signals(handler: Callable[[], None]) -> None:
+    """Route SIGINT and SIGTERM to handler (so cleanup runs in the main thread's finally)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: handler())
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # SIGTERM behaves like Ctrl-C: every `finally` runs and every child is stopped.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    from statelab.report import lab as report
+
+    try:
+        return int(args.func(args))
+    except LabError as exc:
+        report.error(str(exc))
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        report.error("interrupted: everything the lab started has been stopped")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Terminal output for a running lab: the what-runs-where table, status, progress lines."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Mapping
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def progress(message: str) -> None:
+    """Show one progress line on stderr (kept off stdout so --json output stays clean)."""
+    err_console.print(f"[dim]…[/dim] {message}")
+
+
+def error(message: str) -> None:
+    """Show an error a user can act on, without a traceback."""
+    err_console.print(f"[bold red]error:[/bold red] {message}")
+
+
+def lab_table(status: Mapping[str, Any], state_file: str | None = None) -> None:
+    """Print what runs where: balancer, instances, stores, log paths."""
+    console.print(f"[bold]{status['app']}[/bold] lab behind [bold]{status['lb']}[/bold] balancer, "
+                  f"policy [bold]{status['policy']}[/bold]")
+    console.print(f"  balancer  {status['balancer_url']}")
+    if status.get("admin_url"):
+        console.print(f"  admin     {status['admin_url']}")
+    if status.get("control_url"):
+        console.print(f"  control   {status['control_url']}")
+    if status.get("dashboard_url"):
+        console.print(f"  dashboard {status['dashboard_url']}")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("instance", "url", "pid", "state", "gen", "active", "requests", "errors", "log"):
+        table.add_column(col, justify="right" if col in ("pid", "gen", "active", "requests", "errors") else "left")
+    for inst in status["instances"]:
+        table.add_row(inst["id"], inst["url"], str(inst["pid"]), inst["state"], str(inst["generation"]),
+                      str(inst["active"]), str(inst["requests"]), str(inst["errors"]), inst["log"])
+    console.print(table)
+    for name, url in status["stores"]:
+        console.print(f"  {name:<9} {url}")
+    console.print(f"  run dir   {status['run_dir']}")
+    if state_file:
+        console.print(f"  state     {state_file}")
+
+
+def events(status: Mapping[str, Any]) -> None:
+    """Print the lab's recent events (deploys, crashes, restarts)."""
+    for ev in status.get("events", []):
+        console.print(f"  {ev['t']:8.2f}s  {ev['kind']:<10} {ev['target']:<8} {ev['detail']}")
+
+
+def line(message: str) -> None:
+    console.print(message)
+
+
+def flush() -> None:
+    sys.stdout.flush()
