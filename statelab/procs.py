@@ -110,7 +110,7 @@ _live: set["ManagedProcess"] = set()
 _live_lock = threading.Lock()
 
 
-def stop_all(grace_s: float = 2.0) -> None:
+def stop_all(grace_s: float | None = 2.0) -> None:
     """Stop every managed process still alive (the interpreter-exit safety net)."""
     with _live_lock:
         procs = list(_live)
@@ -147,6 +147,7 @@ class ManagedProcess:
         group: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+        stop_grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -158,6 +159,7 @@ class ManagedProcess:
         self.group = group
         self._clock = clock
         self._popen = popen
+        self.stop_grace_s = stop_grace_s
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -227,8 +229,9 @@ class ManagedProcess:
         except ProcessLookupError:
             pass
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> int | None:
+    def stop(self, grace_s: float | None = None) -> int | None:
         """Stop the child: TERM to its group, wait up to grace_s, then KILL; return the exit code."""
+        grace_s = self.stop_grace_s if grace_s is None else grace_s
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -236,7 +239,7 @@ class ManagedProcess:
             try:
                 self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:
-                log.warning("%s ignored SIGTERM for %.1f s: killing it", self.name, grace_s)
+                log.info("%s still running %.1f s after SIGTERM: killing it", self.name, grace_s)
         # KILL the group even after a clean exit: grandchildren may linger in it.
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)

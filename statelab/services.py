@@ -230,9 +230,11 @@ def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | N
     argv += [f"-{name}={port}" for name, port in ports.items()]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key.value}
     endpoint = f"http://127.0.0.1:{ports['s3.port']}"
-    # Any HTTP answer (403 without credentials) means the S3 gateway is serving.
-    proc = ManagedProcess("s3", argv, run_dir / "logs" / "s3.log", probe=http_probe(endpoint + "/", lambda s: s in (200, 403)),
-                          env=env, cwd=data).start()
+    # Any HTTP answer (403 without credentials) means the S3 gateway is serving. weed takes 2.2 s to
+    # honour SIGTERM; a lab's S3 data dies with its run, so a short grace keeps labs quick to stop.
+    proc = ManagedProcess("s3", argv, run_dir / "logs" / "s3.log",
+                          probe=http_probe(endpoint + "/", lambda s: s in (200, 403)),
+                          env=env, cwd=data, stop_grace_s=0.3).start()
     return Service("s3", proc, endpoint, extra={"access_key": access_key, "secret_key": secret_key.value})
 
 
