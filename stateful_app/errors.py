@@ -1,0 +1,42 @@
+"""JSON errors: every HTTP error and every unexpected exception answers {"error": "..."}.
+
+    Exception
+     +-- HTTPException               its own status (400, 401, 404, 405, 413, ...)
+     +-- psycopg.OperationalError    503 "postgres unreachable: ..." (PoolTimeout is one too)
+     +-- anything else               500 "internal error" (traceback logged, never sent)
+"""
+
+from __future__ import annotations
+
+import psycopg
+from flask import Flask, Response, current_app, jsonify
+from werkzeug.exceptions import HTTPException
+
+
+def error_response(status: int, message: str) -> tuple[Response, int]:
+    """Return the contract's error body with a status."""
+    return jsonify(error=message), status
+
+
+def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int]:
+    if exc.code is None or exc.code < 400:  # routing redirects are not errors
+        return exc
+    return error_response(exc.code, exc.description or exc.name)
+
+
+def _postgres_down(exc: psycopg.OperationalError) -> tuple[Response, int]:
+    current_app.logger.warning("postgres unreachable: %s", exc)
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return error_response(503, f"postgres unreachable: {first_line}")
+
+
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    current_app.logger.exception("unexpected error")
+    return error_response(500, "internal error")
+
+
+def register(app: Flask) -> None:
+    """Install the JSON error handlers on app."""
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(psycopg.OperationalError, _postgres_down)
+    app.register_error_handler(Exception, _unexpected)
