@@ -1,0 +1,312 @@
+"""Locust users that follow the scenario journeys (shop, browse, upload) against either app.
+
+Business failures are Locust failures, so the web UI shows the disaster while someone runs
+`statelab deploy` in another shell: "logged out" (a 401 after a good login), "cart lost" (the
+cart lacks items this user added), "upload missing" (404 for an upload this user made), "job
+missing". Each user binds its own loopback source address (127.A.B.C, one /24 per address) when
+the target is on loopback, so ip-hash balancing and the NAT lesson work through Locust too.
+
+Settings (environment): LAB_LOCUST_USERS_PER_ADDRESS (default 1: how many users share one
+source address, as behind a NAT), LAB_LOCUST_ACCOUNTS (default 5000: seeded accounts to spread
+users over), LAB_LOCUST_THINK_S (default 1.0: mean pause between steps), LAB_LOCUST_SHAPE
+(warm-up, steady, spike, phases, or `all` for the web UI's --class-picker; default: none, so
+--users and --spawn-rate drive the run).
+
+Standalone on purpose (the compose Locust image has no statelab package): `user_address` and the
+popularity curve repeat statelab/users.py, which the scenarios use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import os
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from locust import HttpUser, between, task
+from requests.adapters import HTTPAdapter
+
+import shapes  # loadtests/shapes.py: Locust puts the locustfile's directory on sys.path
+
+PASSWORD = "statelab"
+PRODUCTS = 500
+JOB_DEADLINE_S = 10.0
+JOB_POLL_S = 0.2
+USERS_PER_WORKER = 100_000  # index offset per Locust worker, so distributed workers do not share addresses
+_SLASH24S = 199 * 256  # 127.1.0.x .. 127.199.255.x, as in statelab/users.py
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "") or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not an integer") from None
+    if value < 1:
+        raise SystemExit(f"{name} must be at least 1, not {value}")
+    return value
+
+
+USERS_PER_ADDRESS = _env_int("LAB_LOCUST_USERS_PER_ADDRESS", 1)
+ACCOUNTS = _env_int("LAB_LOCUST_ACCOUNTS", 5000)
+THINK_S = float(os.environ.get("LAB_LOCUST_THINK_S", "") or 1.0)
+
+
+def user_address(index: int) -> str:
+    """Return address number ``index`` on loopback, each of the first 50,944 in its own /24."""
+    slot, host = index % _SLASH24S, 1 + index // _SLASH24S
+    return f"127.{1 + slot // 256}.{slot % 256}.{host}"
+
+
+def is_loopback_host(url: str) -> bool:
+    """Return whether url's host is on loopback (only then can a 127.A.B.C source reach it)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class SourceAddressAdapter(HTTPAdapter):
+    """A requests adapter whose connections all leave from one source address."""
+
+    def __init__(self, address: str) -> None:
+        self.source_address = (address, 0)  # set before super().__init__, which builds the pool
+        super().__init__(pool_connections=1, pool_maxsize=1)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kwargs: Any) -> None:
+        kwargs["source_address"] = self.source_address
+        super().init_poolmanager(connections, maxsize, block, **kwargs)
+
+
+def _zipf_cumulative(n: int, s: float = 1.1) -> list[float]:
+    total, out = 0.0, []
+    for k in range(1, n + 1):
+        total += 1.0 / k**s
+        out.append(total)
+    return out
+
+
+_PRODUCT_IDS = list(range(1, PRODUCTS + 1))
+_ZIPF_CUMULATIVE = _zipf_cumulative(PRODUCTS)
+_user_numbers = itertools.count()
+
+
+def _json(response: Any) -> dict[str, Any]:
+    try:
+        doc = response.json()
+    except ValueError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+class LabUser(HttpUser):
+    """One person: an account, a source address, a session cookie or JWT, and a memory of its cart."""
+
+    abstract = True
+    wait_time = between(0.5 * THINK_S, 1.5 * THINK_S)
+
+    def on_start(self) -> None:
+        runner = self.environment.runner
+        index = getattr(runner, "worker_index", 0) * USERS_PER_WORKER + next(_user_numbers)
+        self.index = index
+        self.username = f"user{index % ACCOUNTS + 1:04d}"
+        self.address: str | None = None
+        if is_loopback_host(self.host or ""):
+            self.address = user_address(index // USERS_PER_ADDRESS)
+            self.client.mount("http://", SourceAddressAdapter(self.address))
+        self.rng = random.Random(index)
+        self.logged_in = False
+        self.access_token: str | None = None
+        self.refresh_token: str | None = None
+        self.cart: dict[int, int] = {}
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
+
+    def call(self, method: str, path: str, name: str | None = None, expect: tuple[int, ...] = (200,),
+             missing: str | None = None, **kwargs: Any) -> Any:
+        """Send one request and judge it; return the response if it is one of `expect`, else None.
+
+        A 401 while logged in is "logged out" (after a failed JWT refresh); a 404 is `missing`
+        when given (the thing this user made is gone). Connection errors stay Locust's own.
+        """
+        retried = False
+        while True:
+            with self.client.request(method, path, name=name or path, catch_response=True,
+                                     headers=self._headers(), **kwargs) as resp:
+                status = resp.status_code
+                if status in expect:
+                    resp.success()
+                    return resp
+                if status == 0:
+                    return None  # no response at all: Locust reports the connection error itself
+                if status == 401 and self.logged_in and self.refresh_token and not retried and self._refresh():
+                    resp.success()  # an expired access token: the protocol working as designed
+                    retried = True
+                    continue
+                if status == 401 and self.logged_in:
+                    resp.failure("logged out")
+                    self.logged_in = False
+                elif status == 404 and missing:
+                    resp.failure(missing)
+                else:
+                    resp.failure(f"HTTP {status}")
+                return None
+
+    def login(self) -> bool:
+        """Log in with this user's account (cookie session or JWT, whichever the app answers with)."""
+        self.access_token = self.refresh_token = None
+        self.client.cookies.clear()
+        resp = self.call("POST", "/login", json={"username": self.username, "password": PASSWORD})
+        if resp is None:
+            return False
+        doc = _json(resp)
+        self.access_token = doc.get("access_token")
+        self.refresh_token = doc.get("refresh_token")
+        self.logged_in = True
+        return True
+
+    def _refresh(self) -> bool:
+        token, self.access_token = self.refresh_token, self.refresh_token
+        with self.client.post("/token/refresh", name="/token/refresh", json={"refresh_token": token},
+                              headers=self._headers(), catch_response=True) as resp:
+            doc = _json(resp) if resp.status_code == 200 else {}
+            if not doc.get("access_token"):
+                resp.failure("refresh refused")
+                self.access_token = None
+                return False
+            resp.success()
+        self.access_token = doc["access_token"]
+        self.refresh_token = doc.get("refresh_token", token)
+        return True
+
+    def ensure_login(self) -> bool:
+        return self.logged_in or self.login()
+
+    def pick_product(self) -> int:
+        """Return a product id with Zipf-like popularity (product 1 is the best seller)."""
+        return self.rng.choices(_PRODUCT_IDS, cum_weights=_ZIPF_CUMULATIVE)[0]
+
+    # --- journey steps --------------------------------------------------------------------------
+
+    def browse(self) -> None:
+        self.call("GET", f"/products/{self.pick_product()}", "/products/[id]")
+
+    def add_to_cart(self) -> None:
+        pid, qty = self.pick_product(), self.rng.randint(1, 3)
+        if self.call("POST", "/cart/items", expect=(200, 201),
+                     json={"product_id": pid, "qty": qty}):
+            self.cart[pid] = self.cart.get(pid, 0) + qty
+
+    def check_cart(self) -> None:
+        """Compare the server's cart with what this user added; a shortfall is "cart lost"."""
+        with self.client.get("/cart", name="/cart", headers=self._headers(), catch_response=True) as resp:
+            if resp.status_code == 401 and self.logged_in:
+                resp.failure("logged out")
+                self.logged_in = False
+                return
+            if resp.status_code != 200:
+                if resp.status_code:
+                    resp.failure(f"HTTP {resp.status_code}")
+                return
+            shown: dict[int, int] = {}
+            for item in _json(resp).get("items", []):
+                shown[int(item["product_id"])] = shown.get(int(item["product_id"]), 0) + int(item["qty"])
+            lost = sum(max(0, qty - shown.get(pid, 0)) for pid, qty in self.cart.items())
+            self.cart = shown  # the server is the truth from here on: each loss is reported once
+            if lost:
+                resp.failure("cart lost")
+            else:
+                resp.success()
+
+    def upload(self) -> None:
+        """Upload a file, process it, wait for the job, fetch the file back and compare."""
+        data = self.rng.randbytes(self.rng.randint(1024, 16 * 1024))
+        resp = self.call("POST", "/uploads", expect=(200, 201),
+                         files={"file": (f"u{self.index}.bin", data, "application/octet-stream")})
+        key = _json(resp).get("key") if resp is not None else None
+        if not key:
+            return
+        resp = self.call("POST", f"/uploads/{key}/process", "/uploads/[key]/process", expect=(202,),
+                         missing="upload missing")
+        job_id = _json(resp).get("job_id") if resp is not None else None
+        if job_id:
+            self.wait_for_job(str(job_id))
+        with self.client.get(f"/uploads/{key}", name="/uploads/[key]", headers=self._headers(),
+                             catch_response=True) as got:
+            if got.status_code == 404:
+                got.failure("upload missing")
+            elif got.status_code == 401 and self.logged_in:
+                got.failure("logged out")
+                self.logged_in = False
+            elif got.status_code == 200 and got.content != data:
+                got.failure("upload corrupt")
+            elif got.status_code == 200:
+                got.success()
+            elif got.status_code:
+                got.failure(f"HTTP {got.status_code}")
+
+    def wait_for_job(self, job_id: str) -> None:
+        deadline = time.monotonic() + JOB_DEADLINE_S
+        while time.monotonic() < deadline:
+            resp = self.call("GET", f"/jobs/{job_id}", "/jobs/[id]", missing="job missing")
+            status = _json(resp).get("status") if resp is not None else "gone"
+            if status in ("done", "failed", "gone"):
+                return
+            time.sleep(JOB_POLL_S)  # gevent-patched: yields to the other users
+
+
+class Shopper(LabUser):
+    """Log in, browse, add to cart; every few steps look at the cart and at /me."""
+
+    weight = 6
+
+    @task(4)
+    def shop(self) -> None:
+        if self.ensure_login():
+            self.browse()
+            self.add_to_cart()
+
+    @task(1)
+    def review(self) -> None:
+        if self.ensure_login():
+            self.check_cart()
+            self.call("GET", "/me")
+
+
+class Browser(LabUser):
+    """Browse products by popularity without logging in."""
+
+    weight = 3
+
+    @task
+    def look(self) -> None:
+        self.browse()
+
+
+class Uploader(LabUser):
+    """Log in, upload, process, download."""
+
+    weight = 1
+
+    @task
+    def upload_file(self) -> None:
+        if self.ensure_login():
+            self.upload()
+
+
+_shape = os.environ.get("LAB_LOCUST_SHAPE", "").strip()
+if _shape == "all":
+    globals().update({cls.__name__: cls for cls in shapes.SHAPES.values()})
+elif _shape and _shape != "none":
+    if _shape not in shapes.SHAPES:
+        raise SystemExit(f"LAB_LOCUST_SHAPE={_shape!r}: choose one of {', '.join(shapes.SHAPES)}, all or none")
+    LoadShape = shapes.SHAPES[_shape]
