@@ -42,6 +42,9 @@ SESSION_COOKIE = "lab_session"
 BACKEND_COOKIE = "LAB_BACKEND"
 _SLASH24S = 199 * 256  # 127.1.0.x .. 127.199.255.x; 127.200+ is left for NAT addresses
 _MIN_ERROR_PAUSE_S = 0.05  # after an error, so a dead server does not turn users into a busy loop
+# Latency and timeline clock. Not loop.time(): uvloop's is millisecond-grained and cached per
+# loop iteration, which reads sub-millisecond loopback requests as 0 ms.
+_clock = time.perf_counter
 
 Journey = Callable[["VirtualUser"], Awaitable[None]]
 
@@ -362,7 +365,7 @@ class VirtualUser:
             return await self._send(method, path, json_body, body, content_type, ok, authed)
         self.logged_in = False
         self.stats.logout_events += 1
-        self.crowd.recorder.logout(self.crowd.loop.time())
+        self.crowd.recorder.logout(_clock())
         if await self.login(relogin=True):
             return await self._send(method, path, json_body, body, content_type, ok, authed)
         return response
@@ -379,17 +382,16 @@ class VirtualUser:
             headers.append(("Cookie", "; ".join(f"{k}={v}" for k, v in self.cookies.items())))
         if authed and self.access_token:
             headers.append(("Authorization", f"Bearer {self.access_token}"))
-        loop = self.crowd.loop
         recorder = self.crowd.recorder
         self.stats.requests += 1
-        started = loop.time()
+        started = _clock()
         try:
             response = await self.client.request(method, path, headers, body)
         except HttpError as exc:
             self.stats.errors += 1
-            recorder.failure(loop.time(), exc.kind)
+            recorder.failure(_clock(), exc.kind)
             return None
-        now = loop.time()
+        now = _clock()
         status = response.status
         kind = None
         if status >= 400 and status not in ok and not (status == 401 and self.logged_in and authed):
@@ -467,7 +469,7 @@ class VirtualUser:
         self.stats.cart_checks += 1
         if lost:
             self.stats.items_lost += lost
-            self.crowd.recorder.lost(self.crowd.loop.time(), lost)
+            self.crowd.recorder.lost(_clock(), lost)
         self.cart = shown  # the server is the truth from here on: count each loss once
 
     def pick_product(self) -> int:
@@ -725,7 +727,7 @@ async def run_crowd(base_url: str, population: Population, journey: str | Journe
         log.warning("target %s is not loopback: users will not bind their own source address", host)
 
     loop = asyncio.get_running_loop()
-    t0 = loop.time()
+    t0 = _clock()
     cpu0, thread_cpu0 = time.process_time(), time.thread_time()
     recorder = _Recorder(t0)
     crowd = _Crowd(loop, recorder)
@@ -774,7 +776,7 @@ async def run_crowd(base_url: str, population: Population, journey: str | Journe
         await asyncio.gather(*tasks, return_exceptions=True)
         for user in users:
             user.client.close()
-    wall = loop.time() - t0
+    wall = _clock() - t0
     return _build_result(base_url, journey_name, seed, population, users, recorder, wall,
                          time.process_time() - cpu0, time.thread_time() - thread_cpu0, crashes)
 

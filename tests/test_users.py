@@ -48,6 +48,7 @@ class FakeApp(ThreadingHTTPServer):
         self.trace: dict[str, list[str]] = {}  # source address -> "METHOD path" in order
         self.drop_upload_every = 0  # lose every n-th upload after processing
         self.fail_job_every = 0
+        self.product_delay_s = 0.0
 
     @property
     def base_url(self) -> str:
@@ -72,6 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: FakeApp
     timeout = 10
+    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid 40 ms stalls
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
@@ -110,6 +112,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(length) if length else b""
         path = self.path
+        if path.startswith("/products/") and app.product_delay_s:
+            time.sleep(app.product_delay_s)
         with app.lock:
             app.trace.setdefault(self.client_address[0], []).append(f"{method} {path}")
             if "LAB_BACKEND=b1" in self.headers.get("Cookie", ""):
@@ -330,6 +334,22 @@ def test_same_seed_gives_the_same_journeys() -> None:
     assert first == again
     assert first != other
     assert len(first) == 6
+
+
+def test_latency_percentiles_measure_the_server_delay() -> None:
+    async def products(user: VirtualUser) -> None:
+        while user.running:
+            await user.call("GET", f"/products/{user.pick_product()}")
+            user.steps_done += 1
+
+    population = Population(distinct_users=4, think_s=0, steps=10)
+    with fake_app() as app:
+        app.product_delay_s = 0.02
+        result = run_crowd_sync(app.base_url, population, products, ramp_s=0)
+    assert result.latency.count == 40 == result.latency_by_instance["fake-1"].count
+    assert 20 <= result.latency.p50_ms <= 30
+    assert result.latency.p50_ms <= result.latency.p95_ms <= result.latency.p99_ms
+    assert result.latency.p99_ms <= result.latency.max_ms < 200
 
 
 def test_transport_errors_are_counted_by_kind() -> None:
