@@ -24,10 +24,11 @@ def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int]:
     return error_response(exc.code, exc.description or exc.name)
 
 
-def _postgres_down(exc: psycopg.OperationalError) -> tuple[Response, int]:
-    current_app.logger.warning("postgres unreachable: %s", exc)
+def store_down(store: str, exc: Exception) -> tuple[Response, int]:
+    """Return the 503 that names the unreachable store."""
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return error_response(503, f"postgres unreachable: {first_line}")
+    current_app.logger.warning("%s unreachable: %s", store, first_line)
+    return error_response(503, f"{store} unreachable: {first_line}")
 
 
 def _unexpected(exc: Exception) -> tuple[Response, int]:
@@ -38,5 +39,5 @@ def _unexpected(exc: Exception) -> tuple[Response, int]:
 def register(app: Flask) -> None:
     """Install the JSON error handlers on app."""
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(psycopg.OperationalError, _postgres_down)
+    app.register_error_handler(psycopg.OperationalError, lambda exc: store_down("postgres", exc))
     app.register_error_handler(Exception, _unexpected)
