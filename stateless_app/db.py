@@ -16,6 +16,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 PG_INT_MAX = 2**31 - 1
+MAX_USERNAME_CHARS = 150
 STATEMENT_TIMEOUT_MS = 5000
 PRODUCT_SQL = (
     "SELECT p.id, p.name, p.price_cents, count(r.id), avg(r.rating)"
@@ -76,6 +77,8 @@ def verify_password(password: str, stored: str) -> bool:
 
 def find_user(db: Database, username: str, password: str) -> dict[str, Any] | None:
     """Return {"id", "username"} when the credentials are right, else None."""
+    if "\x00" in username or len(username) > MAX_USERNAME_CHARS:  # PostgreSQL text refuses NUL
+        return None
     row = db.fetchone("SELECT id, username, password_hash FROM users WHERE username = %s", (username,))
     if row is None or not verify_password(password, row[2]):
         return None
