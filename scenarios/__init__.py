@@ -1,0 +1,217 @@
+"""The four disasters, one module each, and the harness they share to run one case against a lab.
+
+`Harness` owns everything a case starts (a lab, crowds, samplers) on one ExitStack, so cleanup
+always runs, also on Ctrl-C; it keeps a single clock for the case: every event, series and window
+is in seconds since traffic started (`t0`), so charts line up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable, Sequence
+
+from statelab.errors import ScenarioError
+from statelab.measure import Hit, RecordCollector, StatsSampler
+from statelab.scenario import AppCase, Event, Progress, Series, Target
+from statelab.topology import Lab, LabSpec
+from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
+
+HEALTH_INTERVAL_S = 0.2
+
+
+class _PerInstanceDiskLab(Lab):
+    """A Lab whose instances each get their own upload directory (their own "disk").
+
+    Why: Lab.app_env() gives every instance the same LAB_UPLOAD_DIR, which would make the
+    stateful app's local disk shared and hide the disaster (reported to the lead; drop this
+    subclass once topology sets the directory per instance).
+    """
+
+    _local = threading.local()
+
+    def _spawn(self, instance_id: str, port: int | None):  # type: ignore[no-untyped-def]
+        self._local.instance_id = instance_id
+        try:
+            return super()._spawn(instance_id, port)
+        finally:
+            self._local.instance_id = None
+
+    def app_env(self) -> dict[str, str]:
+        env = super().app_env()
+        iid = getattr(self._local, "instance_id", None)
+        if iid:
+            env["LAB_UPLOAD_DIR"] = str(self.run_dir / "uploads" / iid)
+        return env
+
+
+def live_line(c: LiveCounters) -> str:
+    """Render a crowd's live counters as one progress line."""
+    return (f"{c.elapsed_s:5.1f}s  users {c.users_active}/{c.users_started}  requests {c.requests}  "
+            f"errors {c.errors}  logins {c.logins_ok}  logged out {c.logout_events}  "
+            f"items added {c.items_added}  lost {c.items_lost}")
+
+
+class Harness:
+    """One case's lab, crowds and samplers, stopped in reverse order when the case ends."""
+
+    def __init__(self, app: AppCase, run_dir: Path, progress: Progress, lb: str = "builtin",
+                 target: Target | None = None) -> None:
+        self.app = app
+        self.run_dir = run_dir
+        self.progress = progress
+        self.lb = lb
+        self.target = target
+        self.stack = ExitStack()
+        self.lab: Lab | None = None
+        self.t0 = time.time()
+        self._lab_wall0 = self.t0
+        self._marks: list[Event] = []
+        self.records: RecordCollector | None = None
+        self.stats: StatsSampler | None = None
+        self._crowds: list[CrowdHandle] = []
+
+    def __enter__(self) -> "Harness":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.watch(None)
+        self.stack.close()
+
+    # --- setup ----------------------------------------------------------------------------------
+
+    def start_lab(self, instances: int, policy: str, threads: int = 8, seed_users: int = 5000,
+                  per_instance_disk: bool = False, job_workers: int = 1) -> Lab:
+        """Start a fresh lab for this case (stores, seed, instances, balancer)."""
+        if self.target is not None:
+            raise ScenarioError("this scenario starts its own processes; it cannot run against --target")
+        spec = LabSpec(app=self.app.app, instances=instances, policy=policy, lb=self.lb, run_dir=self.run_dir,
+                       threads=threads, health_interval_s=HEALTH_INTERVAL_S, seed_users=seed_users,
+                       app_env=self.app.env, job_workers=job_workers)
+        lab = (_PerInstanceDiskLab if per_instance_disk else Lab)(spec)
+        self._lab_wall0 = time.time()
+        self.progress.phase(f"{self.app.label}: starting a lab ({instances} instances, {policy})")
+        self.stack.callback(lab.stop)
+        lab.start(progress=lambda msg: self.progress.phase(f"{self.app.label}: {msg}"))
+        self.lab = lab
+        return lab
+
+    @property
+    def base_url(self) -> str:
+        if self.target is not None:
+            return self.target.url.rstrip("/")
+        assert self.lab is not None
+        return self.lab.balancer_url
+
+    def start_samplers(self, stats: bool = False) -> None:
+        """Start draining balancer records (and polling /stats when asked); traffic time starts now."""
+        self.t0 = time.time()
+        if self.lab is not None and self.lab.engine is not None:
+            self.records = RecordCollector(self.lab.engine).start()
+            self.stack.callback(self.records.stop)
+        if stats and self.lab is not None:
+            lab = self.lab
+            self.stats = StatsSampler(lambda: [(i.id, i.url) for i in lab.status().instances])
+            self.stats.start()
+            self.stack.callback(self.stats.stop)
+
+    def crowd(self, population: Population, journey: object, seed: int, ramp_s: float = 1.0,
+              request_timeout_s: float = 5.0) -> CrowdHandle:
+        """Start a crowd in the background and show its live counters."""
+        handle = CrowdHandle(self.base_url, population, journey, seed=seed, ramp_s=ramp_s,  # type: ignore[arg-type]
+                             request_timeout_s=request_timeout_s)
+        self.stack.callback(handle.stop)
+        handle.start()
+        self._crowds.append(handle)
+        self.progress.watch(lambda: live_line(handle.live()))
+        return handle
+
+    # --- during the run ----------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return time.time() - self.t0
+
+    def phase(self, name: str, detail: str = "") -> float:
+        """Mark the start of a phase (shown live and drawn on charts); return its time."""
+        t = self.now()
+        self._marks.append(Event(t, "phase", name, detail))
+        self.progress.phase(f"{self.app.label}: {name}" + (f" ({detail})" if detail else ""))
+        return t
+
+    def hold(self, seconds: float, crowd: CrowdHandle | None = None) -> None:
+        """Let traffic run for a while (bounded; returns early if the crowd died)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if crowd is not None and not crowd.running():
+                raise ScenarioError("the simulated users stopped early: " + _crowd_failure(crowd))
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def finish(self, *crowds: CrowdHandle, timeout_s: float = 20.0) -> list[CrowdResult]:
+        """Stop the crowds and return their results; then stop the samplers."""
+        for c in crowds:
+            c.stop()
+        results = [c.result(timeout_s) for c in crowds]
+        self.progress.watch(None)
+        if self.records is not None:
+            self.records.stop()
+        if self.stats is not None:
+            self.stats.stop()
+        return results
+
+    # --- after the run -------------------------------------------------------------------------------
+
+    @property
+    def hits(self) -> list[Hit]:
+        return self.records.hits if self.records is not None else []
+
+    def rel(self, wall_t: float) -> float:
+        return wall_t - self.t0
+
+    def events(self) -> tuple[Event, ...]:
+        """Return the lab's events and the phase marks, in seconds since traffic started."""
+        lab_events = []
+        if self.lab is not None:
+            offset = self._lab_wall0 - self.t0
+            lab_events = [Event(round(e.t + offset, 3), e.kind, e.target, e.detail) for e in self.lab.events]
+        return tuple(sorted(lab_events + self._marks, key=lambda e: e.t))
+
+    def event_time(self, kind: str, last: bool = False) -> float | None:
+        found = [e.t for e in self.events() if e.kind == kind]
+        if not found:
+            return None
+        return found[-1] if last else found[0]
+
+
+def crowd_series(result: CrowdResult, offset_s: float = 0.0) -> tuple[Series, ...]:
+    """Return the crowd's per-second timeline as chart series."""
+    def pick(name: str, unit: str, get: Callable[[object], int]) -> Series:
+        return Series(name, unit, tuple((b.second + offset_s, float(get(b))) for b in result.timeline))
+
+    return (pick("requests", "req/s", lambda b: b.requests),  # type: ignore[attr-defined]
+            pick("errors", "1/s", lambda b: b.errors),  # type: ignore[attr-defined]
+            pick("logouts", "1/s", lambda b: b.logouts),  # type: ignore[attr-defined]
+            pick("items lost", "1/s", lambda b: b.items_lost))  # type: ignore[attr-defined]
+
+
+def failed_requests(result: CrowdResult) -> int:
+    """Return requests that failed for the user: no answer, timeouts, resets and 5xx (not 4xx)."""
+    return sum(n for kind, n in result.errors.items() if kind != "4xx")
+
+
+def _crowd_failure(crowd: CrowdHandle) -> str:
+    try:
+        crowd.result(0.1)
+    except Exception as exc:  # surface what broke the crowd thread
+        return f"{type(exc).__name__}: {exc}"
+    return "it finished before it was asked to"
+
+
+def scale_profile(full: int, quick: bool, quick_value: int, users: int | None) -> int:
+    if users is not None:
+        return users
+    return quick_value if quick else full
+
+
+__all__: Sequence[str] = ["Harness", "crowd_series", "failed_requests", "live_line", "scale_profile"]

@@ -1,0 +1,299 @@
+"""Measuring a running lab from the outside: balancer request records and the instances' /stats.
+
+Two background samplers a scenario starts next to its crowd: `RecordCollector` drains the
+balancer's per-request ring (so windows, shares and latencies come from what the balancer saw) and
+`StatsSampler` polls each instance's `GET /stats` (cache hits, DB queries, DB time). The numbers
+they compute are pure functions of the samples, so they are tested without sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Protocol, Sequence
+
+import requests
+
+from statelab.scenario import InstanceFigures, Latency, Series, percentile
+
+log = logging.getLogger(__name__)
+
+RECORD_POLL_S = 0.25
+STATS_POLL_S = 0.5
+STATS_TIMEOUT_S = 1.0
+STATS_FIELDS = ("sessions_in_memory", "cache_hits", "cache_misses", "db_queries", "db_time_ms", "local_files",
+                "jobs_queued")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One request as the balancer saw it (wall-clock t, seconds)."""
+
+    t: float
+    backend: str
+    status: int
+    latency_ms: float
+    path: str = ""
+
+
+class RecordSource(Protocol):
+    def records(self, since: int = 0) -> tuple[int, list]: ...  # type: ignore[type-arg]
+
+
+def _get(rec: object, name: str, default: object = None) -> object:
+    return rec.get(name, default) if isinstance(rec, dict) else getattr(rec, name, default)
+
+
+def to_hit(rec: object) -> Hit:
+    """Convert a balancer record (dataclass or dict) into a Hit."""
+    return Hit(float(_get(rec, "t", 0.0)), str(_get(rec, "backend", "") or ""), int(_get(rec, "status", 0) or 0),
+               float(_get(rec, "latency_ms", 0.0) or 0.0), str(_get(rec, "path", "") or ""))
+
+
+class RecordCollector:
+    """Drain the balancer's request records in a background thread, keeping them all."""
+
+    def __init__(self, source: RecordSource, poll_s: float = RECORD_POLL_S) -> None:
+        self.source = source
+        self.poll_s = poll_s
+        self.hits: list[Hit] = []
+        self.dropped = 0
+        self._next = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="statelab-records", daemon=True)
+
+    def start(self) -> "RecordCollector":
+        self._next, _ = self._read(0, skip=True)  # only what happens from now on
+        self._thread.start()
+        return self
+
+    def _read(self, since: int, skip: bool = False) -> tuple[int, int]:
+        nxt, recs = self.source.records(since)
+        if not skip:
+            self.hits.extend(to_hit(r) for r in recs)
+        return int(nxt), len(recs)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.drain()
+
+    def drain(self) -> None:
+        """Read every record available now (bounded number of pages)."""
+        for _ in range(200):
+            try:
+                self._next, n = self._read(self._next)
+            except Exception:  # the balancer is gone (stopping); keep what we have
+                log.debug("reading balancer records failed", exc_info=True)
+                return
+            if n == 0:
+                return
+
+    def stop(self) -> list[Hit]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        self.drain()
+        return self.hits
+
+
+@dataclass(frozen=True)
+class StatsSample:
+    """One instance's counters at one sampling tick."""
+
+    t: float
+    instance: str
+    values: tuple[tuple[str, float], ...]
+
+    def get(self, name: str) -> float:
+        return dict(self.values).get(name, 0.0)
+
+
+def fetch_stats(url: str, session: requests.Session, timeout_s: float = STATS_TIMEOUT_S) -> dict[str, float] | None:
+    """Return an instance's numeric /stats fields, or None when it does not answer."""
+    try:
+        resp = session.get(url.rstrip("/") + "/stats", timeout=timeout_s)
+        if resp.status_code != 200:
+            return None
+        doc = resp.json()
+    except (requests.RequestException, ValueError):
+        return None
+    return {k: float(doc.get(k, 0) or 0) for k in STATS_FIELDS}
+
+
+class StatsSampler:
+    """Poll every instance's /stats every `poll_s`; `instances()` says which ones exist right now."""
+
+    def __init__(self, instances: Callable[[], Sequence[tuple[str, str]]], poll_s: float = STATS_POLL_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.instances = instances
+        self.poll_s = poll_s
+        self.clock = clock
+        self.samples: list[StatsSample] = []
+        self._stop = threading.Event()
+        self._session = requests.Session()
+        self._thread = threading.Thread(target=self._run, name="statelab-stats", daemon=True)
+
+    def start(self) -> "StatsSampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        t = self.clock()
+        try:
+            current = list(self.instances())
+        except Exception:
+            log.debug("listing instances failed", exc_info=True)
+            return
+        for iid, url in current:
+            values = fetch_stats(url, self._session)
+            if values is not None:
+                self.samples.append(StatsSample(t, iid, tuple(sorted(values.items()))))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.sample()
+
+    def stop(self) -> list[StatsSample]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        self._session.close()
+        return self.samples
+
+
+# --- pure computations ------------------------------------------------------------------------------
+
+def window(hits: Iterable[Hit], t0: float = -math.inf, t1: float = math.inf) -> list[Hit]:
+    return [h for h in hits if t0 <= h.t < t1]
+
+
+def latency(hits: Sequence[Hit], name: str, ok_only: bool = True) -> Latency:
+    """Return p50/p99 of (successful) requests among hits, labelled with the window's name."""
+    samples = [h.latency_ms for h in hits if not ok_only or 0 < h.status < 400]
+    return Latency(round(percentile(samples, 50), 3), round(percentile(samples, 99), 3), len(samples), name)
+
+
+def shares(hits: Sequence[Hit], backends: Sequence[str] = ()) -> tuple[InstanceFigures, ...]:
+    """Return each backend's share of the hits, with its error count and latencies (idle ones included)."""
+    per: dict[str, list[Hit]] = {b: [] for b in backends}
+    for h in hits:
+        if h.backend:
+            per.setdefault(h.backend, []).append(h)
+    total = sum(len(v) for v in per.values())
+    out = []
+    for backend in sorted(per, key=_natural):
+        mine = per[backend]
+        lat = [h.latency_ms for h in mine]
+        out.append(InstanceFigures(backend, len(mine), round(len(mine) / total, 4) if total else 0.0,
+                                   sum(1 for h in mine if h.status >= 500 or h.status == 0),
+                                   round(percentile(lat, 50), 3), round(percentile(lat, 99), 3)))
+    return tuple(out)
+
+
+def imbalance(counts: Sequence[float]) -> float:
+    """Return max/mean of per-instance counts (1.0 = perfectly even; NaN without traffic)."""
+    if not counts or sum(counts) == 0:
+        return math.nan
+    return max(counts) / (sum(counts) / len(counts))
+
+
+def per_second(hits: Sequence[Hit], t0: float, name: str = "requests",
+               pick: Callable[[Hit], bool] = lambda h: True) -> Series:
+    """Count hits matching pick per second since t0."""
+    counts: dict[int, int] = {}
+    for h in hits:
+        if pick(h):
+            s = int(h.t - t0)
+            counts[s] = counts.get(s, 0) + 1
+    if not counts:
+        return Series(name, "req/s", ())
+    last = max(counts)
+    return Series(name, "req/s", tuple((float(s), float(counts.get(s, 0))) for s in range(0, last + 1)))
+
+
+def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float) -> Series:
+    """Return the summed per-second rate of a counter across instances, one point per sampling tick.
+
+    A counter that goes down means the instance restarted (or is new): its new value counts as the
+    increase since the previous tick.
+    """
+    ticks = sorted({s.t for s in samples})
+    last: dict[str, float] = {}
+    points = []
+    prev_t: float | None = None
+    by_tick: dict[float, list[StatsSample]] = {}
+    for s in samples:
+        by_tick.setdefault(s.t, []).append(s)
+    for t in ticks:
+        increase = 0.0
+        for s in by_tick[t]:
+            v = s.get(field_name)
+            before = last.get(s.instance)
+            if before is not None:
+                increase += v - before if v >= before else v
+            elif prev_t is not None:
+                increase += v  # a new instance: everything it did happened since the last tick
+            last[s.instance] = v
+        if prev_t is not None and t > prev_t:
+            points.append((round(t - t0, 3), round(increase / (t - prev_t), 3)))
+        prev_t = t
+    return Series(f"{field_name}/s", "1/s", tuple(points))
+
+
+def mean_in(series: Series, t0: float, t1: float) -> float:
+    """Return the mean of a series' values with t0 <= t < t1 (NaN if none)."""
+    vals = [v for t, v in series.points if t0 <= t < t1]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def peak_in(series: Series, t0: float, t1: float) -> float:
+    vals = [v for t, v in series.points if t0 <= t < t1]
+    return max(vals) if vals else math.nan
+
+
+def counter_delta(samples: Sequence[StatsSample], field_name: str, t0: float, t1: float,
+                  instances: Iterable[str] | None = None) -> float:
+    """Return how much a counter grew between t0 and t1, summed over (some) instances."""
+    wanted = set(instances) if instances is not None else None
+    first: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for s in samples:
+        if not t0 <= s.t <= t1 or (wanted is not None and s.instance not in wanted):
+            continue
+        first.setdefault(s.instance, s.get(field_name))
+        last[s.instance] = s.get(field_name)
+    return sum(max(0.0, last[i] - first[i]) for i in last)
+
+
+def hit_ratio(samples: Sequence[StatsSample], t0: float, t1: float, instances: Iterable[str] | None = None,
+              from_zero: bool = False) -> float:
+    """Return cache hits / (hits + misses) over a window, for some instances (NaN without lookups).
+
+    from_zero counts a new instance's whole history (it started empty within the window).
+    """
+    wanted = list(instances) if instances is not None else None
+    if from_zero:
+        hits = _last_value(samples, "cache_hits", t1, wanted)
+        misses = _last_value(samples, "cache_misses", t1, wanted)
+    else:
+        hits = counter_delta(samples, "cache_hits", t0, t1, wanted)
+        misses = counter_delta(samples, "cache_misses", t0, t1, wanted)
+    return hits / (hits + misses) if hits + misses else math.nan
+
+
+def _last_value(samples: Sequence[StatsSample], field_name: str, t1: float, wanted: list[str] | None) -> float:
+    last: dict[str, float] = {}
+    for s in samples:
+        if s.t <= t1 and (wanted is None or s.instance in wanted):
+            last[s.instance] = s.get(field_name)
+    return sum(last.values())
+
+
+def _natural(name: str) -> tuple[str, int]:
+    head = name.rstrip("0123456789")
+    tail = name[len(head):]
+    return head, int(tail) if tail else -1

@@ -1,0 +1,191 @@
+"""Terminal output of `statelab run` and `statelab list`: live progress, side-by-side results, verdicts."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from statelab.scenario import RunReport, Scenario, ScenarioResult
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+OUTCOME_STYLE = {"reproduced": "bold red", "survived": "bold green", "error": "bold magenta"}
+
+
+class LiveProgress:
+    """Show the current phase and the crowd's live counters while a scenario runs (on stderr).
+
+    On a terminal it is one redrawn block; elsewhere (CI logs, pipes) one line per phase.
+    """
+
+    def __init__(self, refresh_per_s: float = 4.0) -> None:
+        self._phase = "starting"
+        self._counters: Callable[[], str] | None = None
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._live: Live | None = None
+        self._refresh = refresh_per_s
+
+    def __enter__(self) -> "LiveProgress":
+        if err_console.is_terminal:
+            self._live = Live(self, console=err_console, refresh_per_second=self._refresh, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def phase(self, text: str) -> None:
+        with self._lock:
+            self._phase = text
+        if self._live is None:
+            err_console.print(f"[dim]{time.monotonic() - self._t0:6.1f}s[/dim] {text}")
+
+    def watch(self, counters: Callable[[], str] | None) -> None:
+        with self._lock:
+            self._counters = counters
+
+    def __rich__(self) -> Group:
+        with self._lock:
+            phase, counters = self._phase, self._counters
+        lines = [Text.from_markup(f"[bold cyan]●[/bold cyan] {phase}  [dim]{time.monotonic() - self._t0:.0f}s[/dim]")]
+        if counters is not None:
+            try:
+                lines.append(Text("  " + counters(), style="dim"))
+            except Exception:  # a counter read racing the crowd's shutdown: skip one frame
+                pass
+        return Group(*lines)
+
+    def line(self, text: str) -> None:
+        """Print a line above the live block (used for each finished case)."""
+        if self._live is not None:
+            self._live.console.print(text)
+        else:
+            err_console.print(text)
+
+
+def case_done(result: ScenarioResult) -> None:
+    """Print one line when a scenario x app case finishes."""
+    style = OUTCOME_STYLE.get(result.outcome, "")
+    mark = "" if result.matched or result.expected is None else "  [bold yellow](unexpected)[/bold yellow]"
+    err_console.print(f"  {result.scenario:<22} {result.label:<36} [{style}]{result.outcome:<10}[/{style}] "
+                      f"{result.wall_s:5.1f}s{mark}")
+
+
+def _value(v: float, unit: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    text = f"{int(v):,}" if float(v).is_integer() else f"{v:,.2f}" if abs(v) < 100 else f"{v:,.0f}"
+    return f"{text} {unit}".rstrip() if unit not in ("", "x", "%") else f"{text}{unit}"
+
+
+def scenario_table(scenario: str, results: Sequence[ScenarioResult]) -> Table:
+    """Return the side-by-side table of one scenario's figures (one column per app)."""
+    table = Table(title=None, show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("measured")
+    for r in results:
+        table.add_column(r.label, justify="right")
+    names: list[tuple[str, str]] = []
+    for r in results:
+        for f in r.figures:
+            if f.name not in {n for n, _ in names}:
+                names.append((f.name, f.label))
+    for name, label in names:
+        cells = []
+        for r in results:
+            fig = next((f for f in r.figures if f.name == name), None)
+            cells.append(_value(fig.value, fig.unit) if fig else "")
+        table.add_row(label, *cells)
+    verdicts = []
+    for r in results:
+        style = OUTCOME_STYLE.get(r.outcome, "")
+        expected = f" (expected {r.expected})" if r.expected else " (not judged)"
+        verdicts.append(f"[{style}]{r.outcome}[/{style}]{expected if not r.matched or not r.expected else ''}")
+    table.add_row("[bold]verdict[/bold]", *verdicts, end_section=True)
+    table.add_row("wall time", *[f"{r.wall_s:.1f} s" for r in results])
+    return table
+
+
+def run_report(run: RunReport, scenarios: Mapping[str, Scenario]) -> None:
+    """Print every scenario's table, verdicts, tolerances and why; then the stateless price and a summary."""
+    order: list[str] = []
+    for r in run.results:
+        if r.scenario not in order:
+            order.append(r.scenario)
+    prices = {p.scenario: p for p in run.prices()}
+    for name in order:
+        results = [r for r in run.results if r.scenario == name]
+        sc = scenarios.get(name)
+        console.rule(f"[bold]{sc.title if sc else name}[/bold]  [dim]{name}[/dim]")
+        if sc:
+            console.print(f"[dim]{sc.summary}[/dim]")
+        console.print(scenario_table(name, results))
+        if sc and sc.tolerances:
+            tol = "; ".join(f"{t.describe()}" for t in sc.tolerances)
+            console.print(f"[dim]survived only if:[/dim] {tol}")
+        for r in results:
+            style = OUTCOME_STYLE.get(r.outcome, "")
+            console.print(f"[{style}]{r.label}[/{style}]: {r.explanation}")
+            for note in r.notes:
+                console.print(f"  [dim]{note}[/dim]")
+        price = prices.get(name)
+        if price:
+            console.print(f"[bold]stateless price[/bold] ({price.window}): p50 {_signed(price.extra_p50_ms)} "
+                          f"({price.stateful_p50_ms:.1f} -> {price.stateless_p50_ms:.1f} ms), "
+                          f"p99 {_signed(price.extra_p99_ms)} "
+                          f"({price.stateful_p99_ms:.1f} -> {price.stateless_p99_ms:.1f} ms) per request")
+        console.print()
+    summary(run)
+
+
+def _signed(ms: float) -> str:
+    if math.isnan(ms):
+        return "n/a"
+    return f"{ms:+.1f} ms"
+
+
+def summary(run: RunReport) -> None:
+    """Print the one-line-per-case summary and the exit status it implies."""
+    table = Table(title="summary", show_edge=False, pad_edge=False, header_style="bold")
+    for col in ("scenario", "app", "outcome", "expected", "matched", "wall"):
+        table.add_column(col, justify="right" if col == "wall" else "left")
+    for r in run.results:
+        style = OUTCOME_STYLE.get(r.outcome, "")
+        matched = "yes" if r.matched else ("-" if r.expected is None and r.outcome != "error" else "NO")
+        table.add_row(r.scenario, r.label, f"[{style}]{r.outcome}[/{style}]", r.expected or "-", matched,
+                      f"{r.wall_s:.1f} s")
+    console.print(table)
+    code = run.exit_code
+    word = {0: "[green]every result matched its expectation[/green]",
+            1: "[yellow]some results deviated from their expectation[/yellow]",
+            2: "[magenta]some scenarios could not run (error)[/magenta]"}.get(code, str(code))
+    console.print(f"{len(run.results)} cases in {run.wall_s:.1f} s: {word} (exit {code})")
+
+
+def scenario_list(scenarios: Iterable[Scenario]) -> None:
+    """Print the scenarios, one line each."""
+    table = Table(show_edge=False, pad_edge=False, header_style="bold")
+    table.add_column("scenario")
+    table.add_column("what it replays")
+    table.add_column("expected", style="dim")
+    for s in scenarios:
+        table.add_row(s.name, s.summary, ", ".join(f"{k}: {v}" for k, v in s.expect.items()))
+    console.print(table)
+
+
+def wrote(label: str, path: Path) -> None:
+    console.print(f"[dim]wrote {label}:[/dim] {path}")
+
+
+def notice(message: str) -> None:
+    err_console.print(f"[yellow]note:[/yellow] {message}")
