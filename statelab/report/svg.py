@@ -1,0 +1,216 @@
+"""Chart primitives for the HTML report: line charts with event markers and bar charts, as inline SVG.
+
+Pure functions from numbers to SVG text, no I/O. Every text is escaped here. The palette is
+Okabe-Ito (safe for the common colour-vision deficiencies), and no series is told apart by colour
+alone: lines also differ by dash pattern and carry a direct label, bars carry their value as text.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from html import escape
+from typing import Sequence
+
+# Okabe & Ito, "Color Universal Design" (2008).
+BLUE, VERMILLION, PURPLE, GREEN, ORANGE, SKY, BLACK = (
+    "#0072B2", "#D55E00", "#CC79A7", "#009E73", "#E69F00", "#56B4E9", "#000000")
+DASHES = ("", "10 6", "3 5", "14 4 3 4")  # solid, dashed, dotted, dash-dot
+FONT_PX = 17
+TITLE_PX = 20
+SMALL_PX = 14
+CHAR_W = 0.58  # average glyph width / font size for sans-serif: enough to lay labels out
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line: (x, y) points, drawn in colour with a dash pattern."""
+
+    name: str
+    points: Sequence[tuple[float, float]]
+    color: str = BLUE
+    dash: str = ""
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A vertical event marker at x (same unit as the chart's x axis)."""
+
+    x: float
+    label: str
+
+
+def nice_ticks(hi: float, count: int = 5) -> list[float]:
+    """Return round tick values from 0 up to at least hi (about `count` of them)."""
+    if not hi or hi <= 0 or not math.isfinite(hi):
+        return [0.0, 1.0]
+    raw = hi / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    n = math.ceil(hi / step - 1e-9)
+    return [round(i * step, 10) for i in range(n + 1)]
+
+
+def fmt(value: float) -> str:
+    """Format a number for a label: integers without decimals, small numbers with a few."""
+    if value == int(value) and abs(value) < 1e15:
+        return f"{int(value):,}"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _text(x: float, y: float, s: str, size: int = FONT_PX, anchor: str = "start", weight: str = "normal",
+          fill: str = BLACK, cls: str = "", extra: str = "") -> str:
+    c = f' class="{cls}"' if cls else ""
+    return (f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}" font-weight="{weight}" '
+            f'fill="{fill}"{c}{extra}>{escape(s)}</text>')
+
+
+def _svg_open(width: int, height: int, title: str, cls: str) -> str:
+    return (f'<svg class="chart {cls}" viewBox="0 0 {width} {height}" '
+            f'width="100%" role="img" aria-label="{escape(title)}" '
+            f'font-family="DejaVu Sans, Verdana, Arial, sans-serif"><title>{escape(title)}</title>'
+            f'<rect width="{width}" height="{height}" fill="#ffffff"/>'
+            + _text(12, 26, title, TITLE_PX, weight="bold", cls="chart-title"))
+
+
+def line_chart(title: str, series: Sequence[Series], *, x_unit: str = "s",
+               y_label: str = "", y_max: float | None = None, x_max: float | None = None,
+               markers: Sequence[Marker] = (), width: int = 640, height: int = 340, cls: str = "") -> str:
+    """Draw series as polylines (one vertex per point) on 0-based axes, with numbered event markers.
+
+    Markers are numbered on the plot and spelled out in a legend under it: a rolling deploy
+    makes a dozen events within seconds, and direct labels would pile up on each other.
+    """
+    x_max = x_max if x_max is not None else max([1.0, *(x for s in series for x, _ in s.points)])
+    data_max = max((y for s in series for _, y in s.points), default=0.0)
+    ticks = nice_ticks(y_max if y_max is not None else data_max)
+    top = ticks[-1] or 1.0
+    left, right, plot_top = 70, 110, 96
+    plot_w, plot_h = width - left - right, height - plot_top - 56
+    # events before traffic started (the lab starting up) are not part of the story being drawn
+    groups = _group_markers([m for m in markers if 0 <= m.x <= x_max], x_max, plot_w)
+    total_h = height + len(groups) * (SMALL_PX + 8) + (8 if groups else 0)
+
+    def px(x: float) -> float:
+        return left + plot_w * min(max(x, 0.0), x_max) / x_max
+
+    def py(y: float) -> float:
+        return plot_top + plot_h * (1 - min(max(y, 0.0), top) / top)
+
+    out = [_svg_open(width, total_h, title, f"line-chart {cls}".strip())]
+    # legend of series, above the plot: swatch with the dash pattern, then the name
+    lx = left
+    for s in series:
+        out.append(f'<line x1="{lx}" y1="50" x2="{lx + 30}" y2="50" stroke="{s.color}" stroke-width="4" '
+                   f'stroke-dasharray="{s.dash}"/>')
+        out.append(_text(lx + 36, 56, s.name, SMALL_PX + 1))
+        lx += 36 + int(len(s.name) * (SMALL_PX + 1) * CHAR_W) + 24
+    # y grid and ticks
+    for t in ticks:
+        y = py(t)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#d9d9d9"/>')
+        out.append(_text(left - 8, y + 5, fmt(t), SMALL_PX, "end"))
+    if y_label:
+        out.append(_text(16, plot_top + plot_h / 2, y_label, SMALL_PX, "middle",
+                         extra=f' transform="rotate(-90 16 {plot_top + plot_h / 2:.1f})"'))
+    # x ticks
+    for t in nice_ticks(x_max, 6):
+        if t > x_max + 1e-9:
+            break
+        x = px(t)
+        out.append(f'<line x1="{x:.1f}" y1="{plot_top + plot_h}" x2="{x:.1f}" y2="{plot_top + plot_h + 6}" '
+                   f'stroke="{BLACK}"/>')
+        out.append(_text(x, plot_top + plot_h + 24, fmt(t), SMALL_PX, "middle"))
+    out.append(_text(left + plot_w / 2, plot_top + plot_h + 46, f"time ({x_unit})", SMALL_PX, "middle"))
+    out.append(f'<line x1="{left}" y1="{plot_top + plot_h}" x2="{left + plot_w}" y2="{plot_top + plot_h}" '
+               f'stroke="{BLACK}" stroke-width="1.5"/>')
+    out.append(f'<line x1="{left}" y1="{plot_top}" x2="{left}" y2="{plot_top + plot_h}" stroke="{BLACK}" '
+               f'stroke-width="1.5"/>')
+    # event markers: a dashed line and a numbered tag per group of near-simultaneous events
+    for num, (x, labels) in enumerate(groups, 1):
+        xx = px(x)
+        out.append(f'<g class="event" data-t="{x:g}"><line x1="{xx:.1f}" y1="{plot_top}" x2="{xx:.1f}" '
+                   f'y2="{plot_top + plot_h}" stroke="#555555" stroke-width="1.5" stroke-dasharray="4 4"/>'
+                   f'<rect x="{xx - 11:.1f}" y="{plot_top - 22}" width="22" height="20" rx="4" fill="#333333"/>'
+                   + _text(xx, plot_top - 7, str(num), SMALL_PX - 1, "middle", "bold", "#ffffff")
+                   + f'<title>{escape("; ".join(labels))}</title></g>')
+    # the series themselves, then a direct label at the end of each line
+    label_ys: list[float] = []
+    for s in series:
+        pts = [(px(x), py(y)) for x, y in s.points]
+        points = " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
+        out.append(f'<polyline class="series" data-series="{escape(s.name)}" points="{points}" fill="none" '
+                   f'stroke="{s.color}" stroke-width="3" stroke-linejoin="round" stroke-dasharray="{s.dash}"/>')
+        if pts:
+            y = pts[-1][1]
+            while any(abs(y - other) < SMALL_PX + 2 for other in label_ys):
+                y += SMALL_PX + 2
+            label_ys.append(y)
+            out.append(_text(left + plot_w + 8, y + 5, _short(s.name, 13), SMALL_PX, fill=BLACK,
+                             cls="direct-label"))
+    # the event legend under the plot, one line per marker
+    for num, (x, labels) in enumerate(groups, 1):
+        tx, ty = 12, height + 4 + (num - 1) * (SMALL_PX + 8) + SMALL_PX
+        text = _short(f"{fmt(round(x, 1))} s  " + "; ".join(labels), int((width - 40) / (SMALL_PX * CHAR_W)))
+        out.append(f'<g class="event-label"><rect x="{tx:.1f}" y="{ty - SMALL_PX + 1:.1f}" width="20" height="18" '
+                   f'rx="3" fill="#333333"/>' + _text(tx + 10, ty, str(num), SMALL_PX - 1, "middle", "bold", "#ffffff")
+                   + _text(tx + 26, ty, text, SMALL_PX) + "</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _group_markers(markers: Sequence[Marker], x_max: float, plot_w: float) -> list[tuple[float, list[str]]]:
+    """Merge markers closer than a tag's width on the plot into one numbered group."""
+    groups: list[tuple[float, list[str]]] = []
+    min_dx = x_max * 24 / plot_w
+    for m in sorted(markers, key=lambda m: m.x):
+        if groups and m.x - groups[-1][0] < min_dx:
+            groups[-1][1].append(m.label)
+        else:
+            groups.append((m.x, [m.label]))
+    return groups
+
+
+def _short(s: str, limit: int) -> str:
+    return s if len(s) <= limit else s[: max(1, limit - 1)] + "…"
+
+
+def bar_chart(title: str, bars: Sequence[tuple[str, float]], *, unit: str = "", y_max: float | None = None,
+              color: str = BLUE, width: int = 640, height: int = 300, cls: str = "",
+              value_format: str = "{}") -> str:
+    """Draw one bar per (label, value), each with its value written above it, on a 0-based axis."""
+    ticks = nice_ticks(y_max if y_max is not None else max((v for _, v in bars), default=0.0))
+    top = ticks[-1] or 1.0
+    left, right, plot_top, bottom = 70, 20, 50, 50
+    plot_w, plot_h = width - left - right, height - plot_top - bottom
+    out = [_svg_open(width, height, title, f"bar-chart {cls}".strip())]
+    for t in ticks:
+        y = plot_top + plot_h * (1 - t / top)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#d9d9d9"/>')
+        out.append(_text(left - 8, y + 5, fmt(t) + unit, SMALL_PX, "end"))
+    slot = plot_w / max(1, len(bars))
+    bar_w = min(90.0, slot * 0.7)
+    for i, (label, value) in enumerate(bars):
+        h = plot_h * min(max(value, 0.0), top) / top
+        x = left + slot * i + (slot - bar_w) / 2
+        y = plot_top + plot_h - h
+        out.append(f'<rect class="bar" data-label="{escape(label)}" data-value="{value:g}" x="{x:.1f}" y="{y:.1f}" '
+                   f'width="{bar_w:.1f}" height="{h:.1f}" fill="{color}"><title>{escape(label)}: '
+                   f'{escape(value_format.format(fmt(value)))}{escape(unit)}</title></rect>')
+        out.append(_text(x + bar_w / 2, y - 6, value_format.format(fmt(value)) + unit, SMALL_PX, "middle", "bold"))
+        out.append(_text(x + bar_w / 2, plot_top + plot_h + 22, _short(label, max(4, int(slot / (SMALL_PX * CHAR_W)))),
+                         SMALL_PX, "middle"))
+    out.append(f'<line x1="{left}" y1="{plot_top + plot_h}" x2="{left + plot_w}" y2="{plot_top + plot_h}" '
+               f'stroke="{BLACK}" stroke-width="1.5"/>')
+    if not bars:
+        out.append(_text(left + plot_w / 2, plot_top + plot_h / 2, "no data recorded", FONT_PX, "middle"))
+    out.append("</svg>")
+    return "".join(out)
+
+
+__all__ = ["Series", "Marker", "line_chart", "bar_chart", "nice_ticks", "fmt",
+           "BLUE", "VERMILLION", "PURPLE", "GREEN", "ORANGE", "SKY", "BLACK", "DASHES"]

@@ -1,0 +1,158 @@
+"""The HTML report: self-contained, one SVG per chart drawn from the journal's own numbers, text escaped."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from statelab.report import svg
+from statelab.report.html import loss_keys, read_journal, render_html, series_key, write_html
+
+HOSTILE = '<script>alert("x")</script>'
+SECONDS = 30
+
+
+def _series(name: str, values: list[float]) -> dict[str, Any]:
+    return {"name": name, "unit": "1/s", "points": [[float(t), v] for t, v in enumerate(values)]}
+
+
+def _result(app: str, lost: bool) -> dict[str, Any]:
+    """One result in the form of ScenarioResult.to_json()."""
+    requests = [100.0 + (i % 5) for i in range(SECONDS)]
+    errors = [0.0] * SECONDS
+    logouts = [0.0] * SECONDS
+    if lost:
+        for i in (10, 11, 20, 21):
+            errors[i] = 12.0
+            logouts[i] = 30.0
+    return {
+        "scenario": "rolling-deploy", "app": app, "variant": "",
+        "outcome": "reproduced" if lost else "survived", "expected": "reproduced" if lost else "survived",
+        "matched": True, "explanation": f"Sessions lived in process memory. {HOSTILE}",
+        "figures": [{"name": "logged_out", "label": "users logged out", "value": 120 if lost else 0, "unit": "users"},
+                    {"name": "items_lost", "label": f"cart items lost {HOSTILE}", "value": 7.5, "unit": "items"},
+                    {"name": "nan", "label": "not measured", "value": None, "unit": ""}],
+        "checks": [{"tolerance": {"figure": "logged_out", "op": "<=", "limit": 0, "why": ""},
+                    "value": 120 if lost else 0, "held": not lost}],
+        "latency": {"p50_ms": 4.2, "p99_ms": 85.5, "requests": 3000, "window": "steady"},
+        "events": [{"t": -3.0, "kind": "started", "target": "lab", "detail": "before traffic"},
+                   {"t": 10.0, "kind": "draining", "target": "app-1", "detail": ""},
+                   {"t": 10.4, "kind": "ready", "target": "app-1", "detail": "generation 2"},
+                   {"t": 20.0, "kind": "draining", "target": "app-2", "detail": HOSTILE}],
+        "series": [_series("requests", requests), _series("errors", errors), _series("logouts", logouts),
+                   _series("items lost", [0.0] * SECONDS), _series("db_queries/s", [50.0] * SECONDS),
+                   _series("requests on app-1", [40.0] * SECONDS), _series("requests on app-2", [60.0] * SECONDS)],
+        "instances": [{"instance": "app-1", "requests": 1000, "share": 0.33},
+                      {"instance": "app-2", "requests": 900, "share": 0.3},
+                      {"instance": "app-3", "requests": 1100, "share": 0.37}],
+        "notes": [f"note {HOSTILE}"], "run_dir": "/tmp/x",
+    }
+
+
+def synthetic_journal() -> dict[str, Any]:
+    """A run of one scenario against both apps, in the form of RunReport.to_json()."""
+    return {"statelab_journal": 1, "title": f"statelab run {HOSTILE}", "started_at": "2026-11-25T10:00:00",
+            "inputs": {"seed": 1, "quick": True, "lb": "builtin"}, "wall_s": 40.0,
+            "results": [_result("stateless", lost=False), _result("stateful", lost=True)],
+            "prices": [{"scenario": "rolling-deploy", "window": "steady", "extra_p50_ms": 0.8, "extra_p99_ms": 3.1}]}
+
+
+def _svgs(html: str) -> list[str]:
+    return re.findall(r"<svg\b.*?</svg>", html, flags=re.S)
+
+
+def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    write_html(synthetic_journal(), path)
+    html = path.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, flags=re.I)
+    assert "<script" not in html.lower()  # the hostile strings included
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert "@import" not in html and "url(" not in html
+
+
+def _kind(svgs: list[str], cls: str) -> list[str]:
+    return [s for s in svgs if f" {cls}\"" in s.split(">", 1)[0]]
+
+
+def test_one_svg_per_chart_with_the_journals_series() -> None:
+    svgs = _svgs(render_html(synthetic_journal()))
+    assert len(svgs) == 10  # traffic, loss, per-instance, shares, latency for each app
+    traffic = _kind(svgs, "traffic")
+    assert "stateful: traffic" in traffic[0]  # stateful column first, whatever the journal order
+    lines = re.findall(r'<polyline class="series" data-series="([^"]+)" points="([^"]*)"', traffic[0])
+    assert [name for name, _ in lines] == ["requests/s", "errors/s"]
+    assert all(len(points.split()) == SECONDS for _, points in lines)
+    loss = _kind(svgs, "loss")
+    loss_lines = re.findall(r'data-series="([^"]+)" points="([^"]*)"', loss[0])
+    assert [name for name, _ in loss_lines] == ["users logged out/s"]  # the non-zero loss only
+    assert len(loss_lines[0][1].split()) == SECONDS
+    assert "(120 in all)" in loss[0] and "(0 in all)" in loss[1]
+    per_instance = _kind(svgs, "per-instance")
+    assert re.findall(r'data-series="([^"]+)"', per_instance[0]) == ["app-1", "app-2"]
+
+
+def test_bars_per_instance_and_percentile_and_events_drawn() -> None:
+    svgs = _svgs(render_html(synthetic_journal()))
+    shares = _kind(svgs, "shares")
+    assert len(shares) == 2
+    bars = re.findall(r'<rect class="bar" data-label="([^"]+)" data-value="([^"]+)"', shares[0])
+    assert [label for label, _ in bars] == ["app-1", "app-2", "app-3"]
+    assert abs(sum(float(v) for _, v in bars) - 100.0) < 1e-6
+    latency = _kind(svgs, "latency")
+    assert re.findall(r'<rect class="bar" data-label="([^"]+)"', latency[0]) == ["p50", "p99"]
+    traffic = _kind(svgs, "traffic")[0]
+    # 10.0 and 10.4 s are closer than a tag's width: one marker; 20 s its own; -3 s is before the chart
+    assert re.findall(r'<g class="event" data-t="([^"]+)"', traffic) == ["10", "20"]
+    assert "app-1 draining; app-1 ready (generation 2)" in traffic
+    assert "app-2 draining (&lt;script&gt;" in traffic
+
+
+def test_verdict_table_checks_and_price() -> None:
+    html = render_html(synthetic_journal())
+    table = re.search(r'<table class="verdict">.*?</table>', html, flags=re.S)
+    assert table is not None
+    assert table.group(0).index(">stateful<") < table.group(0).index(">stateless<")
+    assert "✗ disaster reproduced" in table.group(0) and "✓ survived" in table.group(0)
+    assert "check: logged_out &lt;= 0" in table.group(0) and "✗ broken (120)" in table.group(0)
+    assert "<td class=\"num\">—</td>" in table.group(0)  # a figure that was not measured
+    assert "+0.8 ms at p50, +3.1 ms at p99" in html
+
+
+def test_shared_axes_across_apps() -> None:
+    svgs = _svgs(render_html(synthetic_journal()))
+    for cls in ("traffic", "loss", "shares"):
+        a, b = _kind(svgs, cls)
+        tick = r'text-anchor="end"[^>]*>([^<]+)</text>'
+        assert re.findall(tick, a) == re.findall(tick, b)
+
+
+def test_missing_keys_are_tolerated() -> None:
+    html = render_html({"results": [{"scenario": "bare", "app": "stateful"}, "junk"]})
+    assert "bare" in html and "no data recorded" in html
+    assert "holds no results" in render_html({})
+
+
+def test_accepts_an_object_with_to_json(tmp_path: Path) -> None:
+    class Run:
+        def to_json(self) -> dict[str, Any]:
+            return synthetic_journal()
+
+    write_html(Run(), tmp_path / "r.html")
+    assert "stateful: traffic" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_series_names_and_loss_choice() -> None:
+    assert [series_key(n) for n in ("items lost", "db_queries/s", "requests on app-1")] == \
+        ["items_lost", "db_queries", "requests on app-1"]
+    quiet = read_journal({"results": [{"scenario": "s", "app": "stateless", "series": [
+        {"name": "logouts", "points": [[0, 0]]}, {"name": "db_queries/s", "points": [[0, 5]]}]}]})
+    assert loss_keys(quiet[0].runs) == ["db_queries"]
+
+
+def test_nice_ticks() -> None:
+    assert svg.nice_ticks(97) == [0, 20, 40, 60, 80, 100]
+    assert svg.nice_ticks(0) == [0.0, 1.0]
+    assert svg.nice_ticks(0.3)[-1] >= 0.3
