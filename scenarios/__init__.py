@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from statelab.errors import ScenarioError
-from statelab.measure import Hit, RecordCollector, StatsSampler
+from statelab.measure import AdminRecords, Hit, RecordCollector, StatsSampler
 from statelab.scenario import AppCase, Event, Progress, Series, Target
 from statelab.topology import Lab, LabSpec
 from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
@@ -99,6 +99,23 @@ class Harness:
         return lab
 
     @property
+    def admin(self) -> AdminRecords | None:
+        """The target's admin API when it is the builtin balancer's (an http URL), else None."""
+        if self.target is None or not (self.target.admin or "").startswith("http"):
+            return None
+        return AdminRecords(self.target.admin or "")
+
+    def target_backends(self) -> list[tuple[str, str]]:
+        """Return the target balancer's backends (empty when its admin API is not reachable)."""
+        admin = self.admin
+        if admin is None:
+            return []
+        try:
+            return admin.backends()
+        except Exception:  # an admin we cannot read only costs per-instance figures
+            return []
+
+    @property
     def base_url(self) -> str:
         if self.target is not None:
             return self.target.url.rstrip("/")
@@ -110,6 +127,9 @@ class Harness:
         self.t0 = time.time()
         if self.lab is not None and self.lab.engine is not None:
             self.records = RecordCollector(self.lab.engine).start()
+            self.stack.callback(self.records.stop)
+        elif self.admin is not None:
+            self.records = RecordCollector(self.admin).start()
             self.stack.callback(self.records.stop)
         if stats and self.lab is not None:
             lab = self.lab

@@ -168,6 +168,9 @@ class LocalDiskUpload:
             if target is None:
                 lab = h.start_lab(instances, POLICY, seed_users=profile.seed_users, per_instance_disk=True)
                 urls = [(i.id, i.url) for i in lab.status().instances]
+            else:
+                urls = [(bid, f"http://{addr}") for bid, addr in h.target_backends()]
+                instances = len(urls) or instances
             h.start_samplers()
             tally = FollowUps()
             crowd = h.crowd(Population(distinct_users=profile.users, think_s=profile.get("think_s", 1.0)),
@@ -176,8 +179,8 @@ class LocalDiskUpload:
             h.hold(profile.phase_s, crowd)
             (result,) = h.finish(crowd)
             files = _files_per_instance(urls)
-            if target is not None:
-                instances = len(result.served_by) or instances
+            if target is not None and not urls:
+                instances = len([k for k in result.served_by if k != "-"]) or instances
             expected = 100 * (instances - 1) / instances
             share = 100 * tally.failed / tally.follow_ups if tally.follow_ups else 0.0
             latency = measure.latency(h.hits, "whole run") if h.hits else measure.Latency(

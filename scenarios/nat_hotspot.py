@@ -68,6 +68,8 @@ class NatHotspot:
             if target is None:
                 lab = h.start_lab(profile.instances, POLICY[app.app], threads=THREADS, seed_users=profile.seed_users)
                 backends = [i.id for i in lab.status().instances]
+            else:
+                backends = [bid for bid, _ in h.target_backends()]
             h.start_samplers()
             population = Population(distinct_users=int(profile.get("distinct_users")),
                                     nat_users=int(profile.get("nat_users")), think_s=profile.get("think_s", 1.0))

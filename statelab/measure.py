@@ -53,6 +53,28 @@ def to_hit(rec: object) -> Hit:
                float(_get(rec, "latency_ms", 0.0) or 0.0), str(_get(rec, "path", "") or ""))
 
 
+class AdminRecords:
+    """Read request records and backends from a running builtin balancer's admin API (for `--target`)."""
+
+    def __init__(self, admin_url: str, timeout_s: float = 2.0) -> None:
+        self.admin_url = admin_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+
+    def records(self, since: int = 0) -> tuple[int, list]:  # type: ignore[type-arg]
+        resp = self._session.get(f"{self.admin_url}/records", params={"since": since, "limit": 10_000},
+                                 timeout=self.timeout_s)
+        resp.raise_for_status()
+        doc = resp.json()
+        return int(doc["next"]), list(doc["records"])
+
+    def backends(self) -> list[tuple[str, str]]:
+        """Return (id, address) of every backend the balancer knows."""
+        resp = self._session.get(f"{self.admin_url}/backends", timeout=self.timeout_s)
+        resp.raise_for_status()
+        return [(b["id"], b["address"]) for b in resp.json()["backends"]]
+
+
 class RecordCollector:
     """Drain the balancer's request records in a background thread, keeping them all."""
 
