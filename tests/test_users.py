@@ -421,3 +421,27 @@ def test_stale_keepalive_is_retried_once_for_idempotent_requests_only() -> None:
     assert result.stale_retries == 1
     assert result.errors["protocol"] == 1  # the POST on a stale socket is not retried
     assert result.requests == 3 and len(answered) == 2
+
+
+def test_browsers_prefer_popular_products_and_some_log_in() -> None:
+    population = Population(distinct_users=10, think_s=0, steps=40)
+    with fake_app() as app:
+        result = run_crowd_sync(app.base_url, population, "browser", ramp_s=0)
+    paths = [p for trace in app.trace.values() for p in trace if p.startswith("GET /products/")]
+    ids = [int(p.rsplit("/", 1)[1]) for p in paths]
+    assert len(ids) == 400 and all(1 <= i <= 500 for i in ids)
+    assert ids.count(1) > 10 * max(1, ids.count(100))
+    assert result.logins_ok == len(app.login_sources)
+    assert result.error_total == 0
+
+
+def test_crowd_ends_after_its_duration_or_when_stopped_before_it_started() -> None:
+    population = Population(distinct_users=3, think_s=0.01)
+    with fake_app() as app:
+        result = run_crowd_sync(app.base_url, population, "browser", duration_s=0.5, ramp_s=0)
+        assert 0.5 <= result.wall_s < 2 and result.requests > 10
+        handle = CrowdHandle(app.base_url, population, "browser", ramp_s=0)
+        assert handle.live().requests == 0
+        handle.stop()
+        result = handle.start().result(timeout=5)
+    assert result.wall_s < 2 and result.error_total == 0
