@@ -182,7 +182,10 @@ def test_locust_sees_what_a_rolling_deploy_does_to_users(app: str, tmp_path: Pat
     from statelab.topology import Lab, LabSpec
 
     monkeypatch.setenv("LAB_LOCUST_THINK_S", "0.2")
-    lab = Lab(LabSpec(app=app, instances=3, run_dir=tmp_path / "lab", seed_users=100))
+    # The stateful app needs cookie stickiness to keep a session at all (as in rolling-deploy), so
+    # every "logged out" below is the deploy's doing.
+    policy = "cookie" if app == "stateful" else "round-robin"
+    lab = Lab(LabSpec(app=app, instances=3, policy=policy, run_dir=tmp_path / "lab", seed_users=100))
     try:
         lab.start()
         opts = LoadOptions(host=lab.balancer_url, run_dir=tmp_path / "locust", users=20, spawn_rate=40,
@@ -190,6 +193,7 @@ def test_locust_sees_what_a_rolling_deploy_does_to_users(app: str, tmp_path: Pat
         proc = start_locust(opts)
         try:
             _wait_for_logins(opts, 8)
+            before_deploy = read_summary(opts.csv_prefix)
             lab.deploy()
             code = wait_finished(proc, opts.run_time or "0s")
         finally:
@@ -201,5 +205,6 @@ def test_locust_sees_what_a_rolling_deploy_does_to_users(app: str, tmp_path: Pat
     if app == "stateless":
         assert (code, summary.total.failures) == (0, 0), summary.failures
     else:
+        assert before_deploy.failures_matching("logged out") == 0, before_deploy.failures
         assert code == 1
         assert summary.failures_matching("logged out") > 0, summary.failures
