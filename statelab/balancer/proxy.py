@@ -224,7 +224,7 @@ class Upstream(asyncio.Protocol):
         be.active -= 1
         t = _now()
         rec = self.rec
-        rec.ring.append((c.t0, c.ip, be.id, c.line, self.status, t - c.t0, self.nbytes))
+        rec.ring.append((c.t0, c.ip, be.id, c.line, self.status, t - c.t0, self.nbytes))  # type: ignore[arg-type]
         rec.total += 1
         if self.keep and be.state == "ready" and not self.lost:
             if self.rpaused:
@@ -396,6 +396,8 @@ class Client(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.done += 1
+        # llhttp forgets `Connection: close` once the message is complete: ask it now
+        self.keep = self.parser.should_keep_alive()
 
     # --- requests ----------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
@@ -424,11 +426,11 @@ class Client(asyncio.Protocol):
                 el = self.pool.eligible
                 if not el:
                     return self.reject(503, "no backend available")
-                self.keep = self.parser.should_keep_alive()
                 self.line = data[:data.find(b"\r\n")]
                 self.req = out = data[:end + 2] + self.xff + b"\r\n"
                 self.retried = False
-                return self.send(bal.policy.pick(el, self.ip), out, b"", data[0] == 72 and data[:5] == b"HEAD ")
+                be = bal.policy.pick(el, self.ip)
+                return self.send(be, out, b"", data[0] == 72 and data[:5] == b"HEAD ")  # type: ignore[arg-type]
         return self._request(data, end)
 
     def _partial(self, data: bytes) -> None:
@@ -456,7 +458,6 @@ class Client(asyncio.Protocol):
             self.parser.feed_data(head)
             if self.done != (0 if cl > 0 or chunked else 1):
                 raise BadRequest(400, "request framing is ambiguous")
-            self.keep = self.parser.should_keep_alive()
             self.line = head[:head.find(b"\r\n")]
             self.body_left = cl if cl > 0 else 0
             self.chunks = ChunkTracker() if chunked else None
@@ -592,7 +593,7 @@ class Client(asyncio.Protocol):
             if must_set:
                 cookie = b"Set-Cookie: " + COOKIE_NAME.encode() + b"=" + be.id.encode() + b"; path=/\r\n"
         else:
-            be = policy.pick(el, self.key if bal.slow else self.ip)
+            be = policy.pick(el, self.key if bal.slow else self.ip)  # type: ignore[assignment]
         self.send(be, first, cookie, self.line is not None and self.line[:5] == b"HEAD ", fresh)
 
     def send(self, be: Backend, first: bytes, cookie: bytes, head_only: bool, fresh: bool = False) -> None:
