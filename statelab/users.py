@@ -566,8 +566,12 @@ async def uploader(user: VirtualUser) -> None:
         await user.think()
 
 
+# Uploads are text (letters, spaces, newlines) so the apps' line/word counts mean something.
+_TEXT_BYTES = bytes((b"abcdefghijklmnopqrstuvwxyz" * 8 + b" " * 40 + b"\n" * 8)[:256])
+
+
 async def _upload_once(user: VirtualUser) -> None:
-    data = user.rng.randbytes(user.rng.randint(1024, 16 * 1024))
+    data = user.rng.randbytes(user.rng.randint(1024, 16 * 1024)).translate(_TEXT_BYTES)
     digest = hashlib.sha256(data).hexdigest()
     boundary = f"statelab{user.spec.index:06d}{user.steps_done:06d}"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
@@ -577,8 +581,11 @@ async def _upload_once(user: VirtualUser) -> None:
                                content_type=f"multipart/form-data; boundary={boundary}")
     if response is None or response.status != 201:
         return
-    key = str(_json(response).get("key", ""))
+    doc = _json(response)
+    key = str(doc.get("key", ""))
     user.stats.uploads += 1
+    if doc.get("sha256") not in (None, digest):  # the server stored something else
+        user.stats.uploads_corrupt += 1
     response = await user.call("POST", f"/uploads/{key}/process")
     if response is not None and response.status == 202:
         await _wait_for_job(user, str(_json(response).get("job_id", "")))
