@@ -367,16 +367,30 @@ class VirtualUser:
         >= 400 other than those in ``ok`` count as errors ('4xx' / '5xx').
         """
         response = await self._send(method, path, json_body, body, content_type, ok, authed)
-        if response is None or response.status != 401 or not authed or not self.logged_in:
+        if not self._rejected(response, authed):
             return response
         if self.population.auth == "jwt" and await self._refresh():
-            return await self._send(method, path, json_body, body, content_type, ok, authed)
+            response = await self._send(method, path, json_body, body, content_type, ok, authed)
+            if not self._rejected(response, authed):
+                return response
+        self._logged_out()
+        if not await self.login(relogin=True):
+            return response
+        response = await self._send(method, path, json_body, body, content_type, ok, authed)
+        if self._rejected(response, authed):
+            # Logged out again at once (say, round robin to an instance that never saw the
+            # session): count it, and let the journey log in again on its next step.
+            self._logged_out()
+        return response
+
+    def _rejected(self, response: Response | None, authed: bool) -> bool:
+        return (response is not None and response.status == 401 and authed
+                and self.logged_in)
+
+    def _logged_out(self) -> None:
         self.logged_in = False
         self.stats.logout_events += 1
         self.crowd.recorder.logout(_clock())
-        if await self.login(relogin=True):
-            return await self._send(method, path, json_body, body, content_type, ok, authed)
-        return response
 
     async def _send(self, method: str, path: str, json_body: Any, body: bytes,
                     content_type: str | None, ok: Collection[int], authed: bool) -> Response | None:

@@ -49,6 +49,7 @@ class FakeApp(ThreadingHTTPServer):
         self.drop_upload_every = 0  # lose every n-th upload after processing
         self.fail_job_every = 0
         self.product_delay_s = 0.0
+        self.unknown_on_first_use: set[str] | None = None  # like round robin to a stranger
 
     @property
     def base_url(self) -> str:
@@ -145,6 +146,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(200, {"access_token": token})
         if path.startswith("/products/"):
             return self._reply(200, {"id": int(path.rsplit("/", 1)[1]), "name": "thing"})
+        if app.unknown_on_first_use is not None and sid is not None:
+            if sid not in app.unknown_on_first_use:
+                app.unknown_on_first_use.add(sid)
+                sid = None
         if sid is None:
             return self._reply(401, {"error": "login required"})
         cart = app.carts.setdefault(sid, {})
@@ -308,6 +313,22 @@ def test_jwt_users_refresh_expired_tokens_and_relogin_after_a_wipe() -> None:
     assert result.logout_events == users == result.users_logged_out
     assert result.items_lost == app.items_at_wipe > 0
     assert result.error_total == 0
+
+
+def test_a_second_401_right_after_relogin_is_another_logout_not_a_loop() -> None:
+    async def look_at_me(user: VirtualUser) -> None:
+        assert await user.login()
+        response = await user.call("GET", "/me")
+        assert response is not None and response.status == 401
+        user.steps_done += 1
+
+    with fake_app() as app:
+        app.unknown_on_first_use = set()
+        result = run_crowd_sync(app.base_url, Population(distinct_users=1, steps=1), look_at_me)
+    assert result.logout_events == 2 and result.users_logged_out == 1
+    assert result.logins_ok == 2 and result.relogins == 1
+    assert result.requests == 4 and result.error_total == 0
+    assert_timeline_sums(result)
 
 
 def test_uploader_counts_missing_uploads_and_failed_jobs() -> None:
