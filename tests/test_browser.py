@@ -1,0 +1,256 @@
+"""Real-browser tests: headless Chromium, driven over the DevTools protocol, opens the report and the dashboard.
+
+Chromium runs as a managed child (own process group, stopped in teardown). Screenshots go to
+test-artifacts/ (git-ignored) so a person can look at what the browser drew.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import shutil
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import requests
+
+from statelab.dashboard import Dashboard
+from statelab.procs import ManagedProcess
+from statelab.report.html import write_html
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_dashboard import FakeControl, StubLab, _lab_is_buildable, fake_stats  # noqa: E402
+from test_html_report import SECONDS, synthetic_journal  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage", "--remote-debugging-port=0")
+START_TIMEOUT_S = 30.0
+CDP_TIMEOUT_S = 15.0
+
+
+class DevTools:
+    """A minimal DevTools-protocol client for one page: send a command, wait for its answer."""
+
+    def __init__(self, ws_url: str) -> None:
+        import websocket  # websocket-client
+
+        self.ws = websocket.create_connection(ws_url, timeout=CDP_TIMEOUT_S, suppress_origin=True)
+        self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+
+    def send(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        deadline = time.monotonic() + CDP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise AssertionError(f"{method} failed: {msg['error']}")
+                return dict(msg.get("result", {}))
+            if "method" in msg:
+                self.events.append(msg)
+        raise AssertionError(f"no answer to {method} within {CDP_TIMEOUT_S} s")
+
+    def eval(self, expression: str) -> Any:
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression!r} threw: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def open(self, url: str) -> None:
+        self.send("Page.navigate", url=url)
+        self.wait_for("document.readyState === 'complete'")
+
+    def wait_for(self, expression: str, timeout_s: float = 10.0) -> Any:
+        """Poll a JS expression until it is truthy; return its value."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = self.eval(expression)
+            if value:
+                return value
+            assert time.monotonic() < deadline, f"still false after {timeout_s} s: {expression}"
+            time.sleep(0.1)
+
+    def click(self, selector: str) -> None:
+        """Click the element's centre with real mouse events, as a person would."""
+        box = self.eval(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+                        f".getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; }})()")
+        for kind in ("mousePressed", "mouseReleased"):
+            self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
+
+    def screenshot(self, name: str) -> Path:
+        """Save a full-page PNG under test-artifacts/ and return its path."""
+        size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+        shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                         clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / name
+        path.write_bytes(base64.b64decode(shot["data"]))
+        return path
+
+    def errors(self) -> list[str]:
+        """Return page exceptions and console errors seen so far (CSP violations among them)."""
+        self.send("Runtime.evaluate", expression="0")  # flush pending events into self.events
+        out = []
+        for ev in self.events:
+            if ev["method"] == "Runtime.exceptionThrown":
+                out.append(str(ev["params"]["exceptionDetails"]))
+            elif ev["method"] == "Log.entryAdded" and ev["params"]["entry"]["level"] == "error":
+                out.append(ev["params"]["entry"]["text"])
+        return out
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Start headless Chromium in its own process group; yield its DevTools HTTP base URL."""
+    binary = next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
+    if binary is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium): browser tests skipped")
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    port_file = profile / "DevToolsActivePort"
+    proc = ManagedProcess("chromium", [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                          profile.parent / "chromium.log", probe=port_file.exists)
+    try:
+        proc.start().wait_ready(START_TIMEOUT_S)
+        yield f"http://127.0.0.1:{port_file.read_text().split()[0]}"
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def page(chromium: str) -> Iterator[DevTools]:
+    """A fresh tab at a projector-like size, closed afterwards."""
+    target = requests.put(f"{chromium}/json/new?about:blank", timeout=10).json()
+    tab = DevTools(target["webSocketDebuggerUrl"])
+    try:
+        for domain in ("Page", "Runtime", "Log"):
+            tab.send(f"{domain}.enable")
+        tab.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
+        yield tab
+    finally:
+        tab.close()
+        requests.get(f"{chromium}/json/close/{target['id']}", timeout=10)
+
+
+CHART_FACTS = """(() => [...document.querySelectorAll('svg.chart')].map(s => {
+  const r = s.getBoundingClientRect();
+  return {cls: s.getAttribute('class'), w: r.width, h: r.height,
+          series: [...s.querySelectorAll('polyline.series')].map(p => [p.dataset.series, p.points.numberOfItems,
+                                                                      p.getBBox().width]),
+          bars: [...s.querySelectorAll('rect.bar')].map(b => b.getBoundingClientRect().height),
+          events: s.querySelectorAll('g.event').length};
+}))()"""
+
+
+def test_report_renders_its_charts(page: DevTools, tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    write_html(synthetic_journal(), path)
+    page.open(path.as_uri())
+    charts = page.eval(CHART_FACTS)
+    assert len(charts) == 10
+    assert all(c["w"] > 300 and c["h"] > 150 for c in charts), charts
+    traffic = [c for c in charts if "traffic" in c["cls"]]
+    for c in traffic:
+        assert [(name, n) for name, n, _ in c["series"]] == [("requests/s", SECONDS), ("errors/s", SECONDS)]
+        assert all(width > 100 for _, _, width in c["series"])  # drawn across the plot, not collapsed
+        assert c["events"] == 2
+    shares = [c for c in charts if "shares" in c["cls"]]
+    assert all(len(c["bars"]) == 3 and min(c["bars"]) > 10 for c in shares)
+    assert page.eval("document.querySelectorAll('script').length") == 0
+    assert page.errors() == []
+    shot = page.screenshot("report.png")
+    assert shot.stat().st_size > 20_000
+
+
+def _check_deploy_shows(page: DevTools, dash_url: str, name: str, timeout_s: float) -> None:
+    """Open the dashboard, click deploy, and wait until app-1's card shows a new state or generation."""
+    page.open(dash_url)
+    page.wait_for("document.querySelectorAll('#instances .instance').length >= 2")
+    page.wait_for("document.getElementById('connection').textContent === 'live'")
+    card = "document.querySelector('#instances .instance[data-id=\"app-1\"]')"
+    before = page.eval(f"[{card}.dataset.state, {card}.dataset.generation]")
+    assert before[0] == "ready"
+    page.wait_for("document.querySelectorAll('#timeline polyline.series').length === 2")
+    page.click("#deploy")
+    page.wait_for(f"{card}.dataset.state !== 'ready' || {card}.dataset.generation !== '{before[1]}'", timeout_s)
+    page.wait_for(f"{card}.dataset.generation !== '{before[1]}'", timeout_s)
+    page.wait_for("document.getElementById('op-result').textContent === 'deploy: done'", timeout_s)
+    wires = page.eval("document.querySelectorAll('#wires line').length")
+    assert wires >= 2
+    assert page.errors() == []
+    page.screenshot(name)
+
+
+def test_dashboard_with_a_stub_lab(page: DevTools) -> None:
+    lab = StubLab()
+
+    def on_call(path: str, body: dict[str, Any]) -> None:
+        if path == "/deploy":
+            lab.generation += 1
+
+    with ExitStack() as stack:
+        control = FakeControl(on_call)
+        stack.callback(control.stop)
+        dash = stack.enter_context(Dashboard(lab, control.url, interval_s=0.3, stats=fake_stats))
+        _check_deploy_shows(page, dash.url, "dashboard-stub.png", 5.0)
+        assert control.calls == [("/deploy", {"batch": 1, "drain": True})]
+        text = page.eval("document.getElementById('events').textContent")
+        assert "<b>x</b>" in text  # inserted as text, not markup
+
+
+@pytest.mark.live
+def test_dashboard_of_a_real_lab(page: DevTools, tmp_path: Path) -> None:
+    reason = _lab_is_buildable()
+    if reason:
+        pytest.skip(reason)
+    from statelab.control import ControlServer
+    from statelab.topology import Lab, LabSpec
+
+    with ExitStack() as stack:
+        lab = Lab(LabSpec(app="stateless", instances=2, run_dir=tmp_path, seed_users=200, seed_products=50))
+        stack.callback(lab.stop)
+        lab.start()
+        control = ControlServer(lab).start()
+        stack.callback(control.stop)
+        dash = stack.enter_context(Dashboard(lab, control.url))
+        stop_traffic = _background_traffic(lab.balancer_url)
+        stack.callback(stop_traffic)
+        _check_deploy_shows(page, dash.url, "dashboard-live.png", 30.0)
+
+
+def _background_traffic(url: str) -> Callable[[], None]:
+    """Send a trickle of requests so the dashboard has rates to draw; return the stopper."""
+    import threading
+
+    stop = threading.Event()
+
+    def run() -> None:
+        with requests.Session() as s:
+            while not stop.wait(0.02):
+                try:
+                    s.get(url + "/healthz", timeout=2)
+                except requests.RequestException:
+                    pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def stopper() -> None:
+        stop.set()
+        t.join(5)
+
+    return stopper
