@@ -123,7 +123,10 @@ def _read_run(r: Mapping[str, Any]) -> AppRun:
     for ev in _list(r.get("events")):
         t = _num(ev.get("t"))
         if t is not None:
-            label = " ".join(str(ev[k]) for k in ("target", "kind") if ev.get(k))
+            if ev.get("kind") == "phase":  # the scenario's own phase marks: name the phase
+                label = f"▶ {ev.get('target', '')}"
+            else:
+                label = " ".join(str(ev[k]) for k in ("target", "kind") if ev.get(k))
             events.append((t, label + (f" ({ev['detail']})" if ev.get("detail") else "")))
     figures = tuple((str(f.get("label") or f.get("name")), _num(f.get("value")), str(f.get("unit") or ""))
                     for f in _list(r.get("figures")))
