@@ -27,12 +27,14 @@ import json
 import logging
 import math
 import random
+import resource
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Collection
 from urllib.parse import urlsplit
 
+from statelab.errors import ConfigError
 from statelab.httpclient import HttpClient, HttpError, Response, resolve_host
 
 log = logging.getLogger(__name__)
@@ -725,6 +727,7 @@ def _build_result(base_url: str, journey_name: str, seed: int, population: Popul
 DEFAULT_RAMP_S = 2.0
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 _STOP_POLL_S = 0.05
+_SPARE_FILES = 256  # for the loop, logs and whatever else the process has open
 
 
 async def run_crowd(base_url: str, population: Population, journey: str | Journey,
@@ -754,6 +757,8 @@ async def run_crowd(base_url: str, population: Population, journey: str | Journe
     bind = population.bind_addresses and ipaddress.ip_address(host).is_loopback
     if population.bind_addresses and not bind:
         log.warning("target %s is not loopback: users will not bind their own source address", host)
+
+    _ensure_open_files(population.size + _SPARE_FILES)
 
     loop = asyncio.get_running_loop()
     t0 = _clock()
@@ -808,6 +813,22 @@ async def run_crowd(base_url: str, population: Population, journey: str | Journe
     wall = _clock() - t0
     return _build_result(base_url, journey_name, seed, population, users, recorder, wall,
                          time.process_time() - cpu0, time.thread_time() - thread_cpu0, crashes)
+
+
+def _ensure_open_files(needed: int) -> None:
+    """Raise the soft open-file limit for one socket per user, or fail saying how to fix it.
+
+    Without this, users beyond the limit (1024 on many desktops) would fail to connect with
+    EMFILE and be counted as `connect` errors: a fault of the generator posing as a finding.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ConfigError(f"the crowd needs {needed} open files but the hard limit is {hard}: "
+                          f"raise it (ulimit -Hn / limits.conf) or simulate fewer users")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    log.info("raised the open-file limit from %d to %d for the crowd", soft, needed)
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:

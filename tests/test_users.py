@@ -466,3 +466,20 @@ def test_crowd_ends_after_its_duration_or_when_stopped_before_it_started() -> No
         handle.stop()
         result = handle.start().result(timeout=5)
     assert result.wall_s < 2 and result.error_total == 0
+
+
+def test_crowd_raises_the_open_file_limit_it_needs() -> None:
+    import resource
+
+    from statelab import users
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (300, hard))
+        users._ensure_open_files(400)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 400
+        if hard != resource.RLIM_INFINITY:
+            with pytest.raises(users.ConfigError, match="open files"):
+                users._ensure_open_files(hard + 1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
