@@ -156,7 +156,7 @@ def _file(data: bytes) -> Any:
 @pytest.mark.live
 @pytest.mark.parametrize("kind", ["stateful", "stateless"])
 def test_gunicorn_instance_smoke(kind: str, backing: BackingUrls, run_dir: Path, username: str) -> None:
-    env = {**backing.app_env(), "LAB_UPLOAD_DIR": str(run_dir / f"smoke-{kind}")}
+    env = {**backing.app_env(), "LAB_UPLOAD_DIR": str(run_dir / f"smoke-{kind}"), "LAB_MAX_UPLOAD_BYTES": "1024"}
     app = services.start_app(kind, f"smoke-{kind}", run_dir, env)
     try:
         app.wait_ready()
@@ -165,6 +165,8 @@ def test_gunicorn_instance_smoke(kind: str, backing: BackingUrls, run_dir: Path,
             r = http.post(app.url + "/login", json={"username": username, "password": "statelab"}, timeout=5)
             assert r.status_code == 200 and r.headers["X-Served-By"] == f"smoke-{kind}"
             assert http.get(app.url + "/me", timeout=5).json() == r.json()
+            too_big = http.post(app.url + "/uploads", files={"file": ("big", b"x" * 2048)}, timeout=5)
+            assert too_big.status_code == 413 and "error" in too_big.json()
             stats = http.get(app.url + "/stats", timeout=5).json()
             assert stats["app"] == kind and stats["pid"] == _gunicorn_worker_pid(app)
     finally:
@@ -177,3 +179,35 @@ def _gunicorn_worker_pid(app: services.Service) -> int:
     assert app.process.pid is not None
     (worker,) = psutil.Process(app.process.pid).children()
     return worker.pid
+
+
+@pytest.mark.parametrize("protection", ["1", "0"])
+def test_stateless_cache_stampede_protection(protection: str, app_factory: Any, backing: BackingUrls) -> None:
+    """A burst of misses for one product: with the lock one request loads it, without it many do."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    app = app_factory("stateless", LAB_CACHE_STAMPEDE_PROTECTION=protection)
+    product_id = 490 + int(protection)
+    assert backing.redis_url
+    redis.Redis.from_url(backing.redis_url, socket_timeout=2).delete(f"product:{product_id}")
+    burst = 12
+    barrier = threading.Barrier(burst)
+
+    def fetch(_: int) -> int:
+        with app.test_client() as own:
+            barrier.wait(timeout=10)
+            return own.get(f"/products/{product_id}").status_code
+
+    before = app.test_client().get("/stats").get_json()
+    with ThreadPoolExecutor(max_workers=burst) as pool:
+        assert set(pool.map(fetch, range(burst))) == {200}
+    after = app.test_client().get("/stats").get_json()
+    loads = after["db_queries"] - before["db_queries"]
+    assert after["cache_hits"] - before["cache_hits"] + after["cache_misses"] - before["cache_misses"] == burst
+    if protection == "1":
+        assert loads == 1
+    else:
+        assert loads > 1
