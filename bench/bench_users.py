@@ -217,6 +217,7 @@ def measure_crowd(url: str, users: int, journey: str, seconds: float) -> dict[st
     return {"journey": journey, "users": users, "requests_per_s": result.requests_per_s,
             "cpu_share": result.cpu_share, "p50_ms": result.latency.p50_ms,
             "p99_ms": result.latency.p99_ms, "errors": result.error_total,
+            "lag_p99_ms": result.loop_lag.p99_ms,
             "logins_ok": result.logins_ok, "items_lost": result.items_lost}
 
 
@@ -249,7 +250,8 @@ def main() -> None:
             row = measure_crowd(url, users, journey, crowd_s)
             print(f"   {row['users']:>5} {row['journey']:<8} {row['requests_per_s']:>7} req/s  "
                   f"cpu share {row['cpu_share']:.2f}  p50 {row['p50_ms']} ms  "
-                  f"p99 {row['p99_ms']} ms  errors {row['errors']}")
+                  f"p99 {row['p99_ms']} ms  loop lag p99 {row['lag_p99_ms']} ms  "
+                  f"errors {row['errors']}")
 
 
 if __name__ == "__main__":

@@ -241,6 +241,7 @@ class _Recorder:
         self.users_started = self.users_active = 0
         self.error_kinds = dict.fromkeys(ERROR_KINDS, 0)
         self.latency = LatencyHistogram()
+        self.loop_lag = LatencyHistogram()
         self.latency_by_instance: dict[str, LatencyHistogram] = {}
         self.served_by: dict[str, int] = {}
         self.timeline: list[list[int]] = []  # [requests, errors, logouts, items_lost]
@@ -677,6 +678,9 @@ class CrowdResult:
     latency_by_instance: dict[str, LatencySummary]
     served_by: dict[str, int]
     timeline: tuple[TimelineBucket, ...]
+    # Timer lateness of the crowd's loop: if its p99 nears the request latencies, the generator
+    # itself was the bottleneck (or starved of CPU) and latencies are overstated.
+    loop_lag: LatencySummary
     cpu_share: float  # process CPU seconds / wall seconds (whole process, all threads)
     loop_cpu_share: float  # the crowd's own thread only: the load generator's cost
     user_summaries: tuple[UserSummary, ...] = field(repr=False, default=())
@@ -712,7 +716,7 @@ def _build_result(base_url: str, journey_name: str, seed: int, population: Popul
         logout_events=rec.logout_events,
         stale_retries=sum(u.client.stale_retries for u in users),
         connects=sum(u.client.connects for u in users), journey_crashes=crashes,
-        latency=rec.latency.summary(),
+        latency=rec.latency.summary(), loop_lag=rec.loop_lag.summary(),
         latency_by_instance={k: h.summary() for k, h in sorted(rec.latency_by_instance.items())},
         served_by=dict(sorted(rec.served_by.items())),
         timeline=tuple(TimelineBucket(i, *b) for i, b in enumerate(rec.timeline)),
@@ -727,6 +731,7 @@ def _build_result(base_url: str, journey_name: str, seed: int, population: Popul
 DEFAULT_RAMP_S = 2.0
 DEFAULT_REQUEST_TIMEOUT_S = 5.0
 _STOP_POLL_S = 0.05
+_LAG_PROBE_S = 0.1
 _SPARE_FILES = 256  # for the loop, logs and whatever else the process has open
 
 
@@ -791,6 +796,7 @@ async def run_crowd(base_url: str, population: Population, journey: str | Journe
     n = len(users)
     tasks = [loop.create_task(live_one(u, ramp_s * i / n)) for i, u in enumerate(users)]
     everyone = loop.create_task(asyncio.wait(tasks))
+    lag_probe = loop.create_task(_watch_lag(crowd))
     waiters: list[asyncio.Future[Any]] = [everyone]
     try:
         if stop is not None:
@@ -802,17 +808,26 @@ async def run_crowd(base_url: str, population: Population, journey: str | Journe
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        lag_probe.cancel()
         for waiter in waiters:
             waiter.cancel()
         crowd.stop()
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(lag_probe, *waiters, *tasks, return_exceptions=True)
         for user in users:
             user.client.close()
     wall = _clock() - t0
     return _build_result(base_url, journey_name, seed, population, users, recorder, wall,
                          time.process_time() - cpu0, time.thread_time() - thread_cpu0, crashes)
+
+
+async def _watch_lag(crowd: _Crowd) -> None:
+    """Sample how late the loop wakes a timer: high lag means latencies include our own queueing."""
+    while True:
+        before = _clock()
+        await asyncio.sleep(_LAG_PROBE_S)
+        crowd.recorder.loop_lag.record(max(0.0, _clock() - before - _LAG_PROBE_S))
 
 
 def _ensure_open_files(needed: int) -> None:

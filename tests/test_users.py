@@ -461,6 +461,7 @@ def test_crowd_ends_after_its_duration_or_when_stopped_before_it_started() -> No
     with fake_app() as app:
         result = run_crowd_sync(app.base_url, population, "browser", duration_s=0.5, ramp_s=0)
         assert 0.5 <= result.wall_s < 2 and result.requests > 10
+        assert result.loop_lag.count >= 3 and result.loop_lag.p50_ms < 50
         handle = CrowdHandle(app.base_url, population, "browser", ramp_s=0)
         assert handle.live().requests == 0
         handle.stop()
