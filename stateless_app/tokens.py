@@ -55,6 +55,8 @@ class Tokens:
             raise TokenError(f"invalid token: {exc}") from None
         if claims["typ"] != kind:
             raise TokenError(f"invalid token: expected an {kind} token")
+        if not str(claims["sub"]).isdigit() or not isinstance(claims.get("username"), str):
+            raise TokenError("invalid token: bad subject")
         if self._redis.exists(DENYLIST_PREFIX + claims["jti"]):
             raise TokenError("invalid token: revoked")
         return claims

@@ -70,8 +70,9 @@ def login() -> Response:
     user = db.find_user(_lab().db, username, password)
     if user is None:
         abort(401, "bad username or password")
-    if _lab().tokens is not None:
-        return jsonify(user=user, **_lab().tokens.issue(user))
+    tokens = _lab().tokens
+    if tokens is not None:  # jwt mode: the client carries the proof, no session is stored
+        return jsonify(user=user, **tokens.issue(user))
     response = jsonify(user=user)
     response.set_cookie(COOKIE_NAME, _lab().sessions.create(user), max_age=_lab().sessions.ttl_s,
                         httponly=True, samesite="Lax")
@@ -80,9 +81,9 @@ def login() -> Response:
 
 @bp.post("/logout")
 def logout() -> Response:
-    bearer = _bearer()
-    if _lab().tokens is not None and bearer is not None:
-        _lab().tokens.revoke(bearer)
+    tokens, bearer = _lab().tokens, _bearer()
+    if tokens is not None and bearer is not None:
+        tokens.revoke(bearer)
     _lab().sessions.delete(request.cookies.get(COOKIE_NAME))
     response = Response(status=204)
     response.delete_cookie(COOKIE_NAME, httponly=True, samesite="Lax")

@@ -63,6 +63,8 @@ JWT_CASES = [
     Case("jwt-refresh-as-access", "GET", "/me", _bearer(jwt.encode(_claims(typ="refresh"), SECRET))),
     Case("jwt-missing-jti", "GET", "/me", _bearer(jwt.encode({k: v for k, v in _claims().items() if k != "jti"}, SECRET))),
     Case("jwt-garbage", "GET", "/me", _bearer("not.a.token")),
+    Case("jwt-bad-subject", "GET", "/me", _bearer(jwt.encode(_claims(sub="root"), SECRET))),
+    Case("jwt-no-username", "GET", "/me", _bearer(jwt.encode({**_claims(), "username": None}, SECRET))),
 ]
 CASES = [
     Case("login-malformed-json", "POST", "/login", {"data": "{", "content_type": "application/json"}, False),
