@@ -121,7 +121,9 @@ class Sampler:
         total["rps"], total["eps"] = round(total["rps"], 1), round(total["eps"], 1)
         self._history.append({"t": t, "rps": total["rps"], "eps": total["eps"],
                               "sessions": total["sessions_in_memory"],
-                              "per_instance": {i["id"]: i["rps"] for i in instances}})
+                              "per_instance": {i["id"]: i["rps"] for i in instances},
+                              "sessions_by_instance": {i["id"]: (i["stats"] or {}).get("sessions_in_memory")
+                                                       for i in instances}})
         with self._cond:
             snap = {
                 "seq": self._snapshot["seq"] + 1, "t": t, "error": error,

@@ -184,11 +184,16 @@ def _check_deploy_shows(page: DevTools, dash_url: str, name: str, timeout_s: flo
     card = "document.querySelector('#instances .instance[data-id=\"app-1\"]')"
     before = page.eval(f"[{card}.dataset.state, {card}.dataset.generation]")
     assert before[0] == "ready"
-    page.wait_for("document.querySelectorAll('#timeline polyline.series').length === 2")
+    # totals plus one line per instance, on both live charts
+    page.wait_for("document.querySelectorAll('#timeline polyline.series').length === 4 && "
+                  "document.querySelectorAll('#sessions-chart polyline.series').length === 3")
+    page.wait_for("document.querySelector('#timeline polyline.series-rps').points.numberOfItems >= 2")
+    assert page.eval("document.querySelector('#timeline polyline.series-rps').getBBox().width") > 0
     page.click("#deploy")
     page.wait_for(f"{card}.dataset.state !== 'ready' || {card}.dataset.generation !== '{before[1]}'", timeout_s)
     page.wait_for(f"{card}.dataset.generation !== '{before[1]}'", timeout_s)
     page.wait_for("document.getElementById('op-result').textContent === 'deploy: done'", timeout_s)
+    page.wait_for("document.querySelectorAll('#timeline g.event').length >= 1")  # the deploy, on the chart
     wires = page.eval("document.querySelectorAll('#wires line').length")
     assert wires >= 2
     assert page.errors() == []

@@ -27,7 +27,8 @@ function svg(tag, attrs, text) {
 
 function fmt(n) {
   if (n === null || n === undefined || Number.isNaN(n)) return "–";
-  return Math.abs(n) >= 100 ? Math.round(n).toLocaleString("en") : String(Math.round(n * 10) / 10);
+  if (Math.abs(n) >= 100) return Math.round(n).toLocaleString("en");
+  return String(Math.round(n * (Math.abs(n) >= 10 ? 10 : 100)) / (Math.abs(n) >= 10 ? 10 : 100));
 }
 
 // --- topology ------------------------------------------------------------------------------
@@ -47,10 +48,10 @@ function instanceCard(inst) {
        el("b", { class: "sessions-in-memory" }, inst.stats ? fmt(st.sessions_in_memory || 0) : "–")),
   );
   const hits = st.cache_hits, misses = st.cache_misses;
-  if (hits !== undefined || misses !== undefined) {
-    const total = (hits || 0) + (misses || 0);
+  const total = (hits || 0) + (misses || 0);
+  if (total > 0) {
     card.append(el("div", { class: "kv" }, "cache hits ",
-                   el("b", {}, total ? `${Math.round(100 * (hits || 0) / total)}%` : "–")));
+                   el("b", {}, `${Math.round(100 * (hits || 0) / total)}%`)));
   }
   if (inst.db_qps !== null && inst.db_qps !== undefined) {
     card.append(el("div", { class: "kv" }, "db queries/s ", el("b", {}, fmt(inst.db_qps))));
@@ -106,17 +107,20 @@ function niceMax(v) {
   return 10 * mag;
 }
 
-function renderTimeline(s) {
-  const chart = $("timeline");
+const INSTANCE_STYLES = [["#56B4E9", ""], ["#009E73", "8 4"], ["#E69F00", "3 4"], ["#CC79A7", "12 4 3 4"],
+                         ["#000000", "2 6"]];
+
+// Draw a rolling line chart: series = [{key, label, get(h), color, dash, width}], history on the lab clock.
+function lineChart(chart, hist, series, events) {
   chart.replaceChildren();
-  const W = 900, H = 300, L = 60, R = 120, T = 40, B = 40, pw = W - L - R, ph = H - T - B;
-  const hist = s.history || [];
+  const W = 900, H = 300, L = 60, R = 150, T = 58, B = 40, pw = W - L - R, ph = H - T - B;
   const tEnd = hist.length ? hist[hist.length - 1].t : 0;
   const span = Math.max(60, hist.length ? tEnd - hist[0].t : 60);
   const t0 = tEnd - span;
-  const top = niceMax(Math.max(1, ...hist.map((h) => Math.max(h.rps, h.eps))));
+  const values = hist.flatMap((h) => series.map((sr) => sr.get(h) || 0));
+  const top = niceMax(Math.max(1, ...values));
   const x = (t) => L + pw * (t - t0) / span;
-  const y = (v) => T + ph * (1 - v / top);
+  const y = (v) => T + ph * (1 - Math.min(v, top) / top);
   for (let i = 0; i <= 4; i++) {
     const v = top * i / 4;
     chart.append(svg("line", { x1: L, x2: L + pw, y1: y(v), y2: y(v), stroke: "#ddd" }));
@@ -127,34 +131,71 @@ function renderTimeline(s) {
     const t = t0 + span * k / 6;
     chart.append(svg("text", { x: x(t), y: T + ph + 22, "text-anchor": "middle" }, `${Math.round(t - tEnd)} s`));
   }
-  for (const ev of s.events || []) {
-    if (ev.t < t0) continue;
-    chart.append(svg("line", { class: "event", x1: x(ev.t), x2: x(ev.t), y1: T, y2: T + ph,
-                               stroke: COLORS.marker, "stroke-dasharray": "4 4" }));
-    // read bottom-up, left of its line, so it never runs into the value labels on the right
-    chart.append(svg("text", { x: x(ev.t) - 5, y: T + 4, transform: `rotate(-90 ${x(ev.t) - 5} ${T + 4})`,
-                               "text-anchor": "end", "font-size": 13 }, `${ev.target} ${ev.kind}`));
-  }
-  const series = [["rps", "requests/s", ""], ["eps", "errors/s", "10 6"]];
-  series.forEach(([key, label, dash], i) => {
-    const pts = hist.filter((h) => h.t >= t0).map((h) => `${x(h.t).toFixed(1)},${y(h[key]).toFixed(1)}`);
-    chart.append(svg("polyline", { class: `series series-${key}`, points: pts.join(" "), fill: "none",
-                                   stroke: COLORS[key], "stroke-width": 3, "stroke-dasharray": dash }));
-    chart.append(svg("line", { x1: L + i * 170, x2: L + i * 170 + 30, y1: 18, y2: 18, stroke: COLORS[key],
-                               "stroke-width": 4, "stroke-dasharray": dash }));
-    chart.append(svg("text", { x: L + i * 170 + 36, y: 24 }, label));
-    if (hist.length) {
-      const lastv = hist[hist.length - 1][key];
-      chart.append(svg("text", { x: L + pw + 8, y: y(lastv) + 5 + (i ? 16 : 0) }, `${fmt(lastv)} ${label}`));
-    }
+  // events: numbered as in the list below; events closer than a tag's width share one marker
+  const clusters = [];
+  events.forEach((ev, i) => {
+    if (ev.t < t0) return;
+    const last = clusters[clusters.length - 1];
+    if (last && x(ev.t) - x(last.t) < 30) { last.to = i + 1; last.text.push(`${i + 1}. ${ev.target} ${ev.kind}`); }
+    else clusters.push({ t: ev.t, from: i + 1, to: i + 1, text: [`${i + 1}. ${ev.target} ${ev.kind}`] });
   });
+  for (const c of clusters) {
+    const label = c.from === c.to ? `${c.from}` : `${c.from}–${c.to}`;
+    const w = 10 + 9 * label.length;
+    const g = svg("g", { class: "event" });
+    g.append(svg("title", {}, c.text.join("\n")),
+             svg("line", { x1: x(c.t), x2: x(c.t), y1: T, y2: T + ph, stroke: "#555555", "stroke-dasharray": "4 4" }),
+             svg("rect", { x: x(c.t) - w / 2, y: T - 20, width: w, height: 19, rx: 4, fill: "#333333" }),
+             svg("text", { x: x(c.t), y: T - 5, "text-anchor": "middle", fill: "#ffffff", "font-size": 13,
+                           "font-weight": "bold" }, label));
+    chart.append(g);
+  }
+  let legendX = L;
+  const labelYs = [];
+  for (const sr of series) {
+    const pts = hist.filter((h) => h.t >= t0 && sr.get(h) !== null && sr.get(h) !== undefined)
+      .map((h) => `${x(h.t).toFixed(1)},${y(sr.get(h)).toFixed(1)}`);
+    chart.append(svg("polyline", { class: `series series-${sr.key}`, "data-series": sr.label, points: pts.join(" "),
+                                   fill: "none", stroke: sr.color, "stroke-width": sr.width || 3,
+                                   "stroke-dasharray": sr.dash || "" }));
+    chart.append(svg("line", { x1: legendX, x2: legendX + 26, y1: 18, y2: 18, stroke: sr.color,
+                               "stroke-width": 4, "stroke-dasharray": sr.dash || "" }));
+    chart.append(svg("text", { x: legendX + 31, y: 24 }, sr.label));
+    legendX += 31 + 8.5 * sr.label.length + 18;
+    if (hist.length) {
+      const v = sr.get(hist[hist.length - 1]);
+      if (v === null || v === undefined) continue;
+      let ly = y(v) + 5;
+      while (labelYs.some((o) => Math.abs(o - ly) < 16)) ly += 16;
+      labelYs.push(ly);
+      chart.append(svg("text", { x: L + pw + 8, y: ly }, `${fmt(v)} ${sr.label}`));
+    }
+  }
+}
+
+function renderTimeline(s) {
+  const hist = s.history || [];
+  const ids = s.instances.map((i) => i.id);
+  const perInstance = (field) => ids.map((id, n) => ({
+    key: `instance-${n}`, label: id, get: (h) => (h[field] || {})[id],
+    color: INSTANCE_STYLES[n % INSTANCE_STYLES.length][0], dash: INSTANCE_STYLES[n % INSTANCE_STYLES.length][1],
+    width: 2 }));
+  lineChart($("timeline"), hist, [
+    { key: "rps", label: "requests/s", get: (h) => h.rps, color: "#0072B2", width: 4 },
+    { key: "eps", label: "errors/s", get: (h) => h.eps, color: "#D55E00", dash: "10 6", width: 4 },
+    ...(ids.length > 1 ? perInstance("per_instance") : []),
+  ], s.events || []);
+  lineChart($("sessions-chart"), hist, [
+    { key: "sessions", label: "all instances", get: (h) => h.sessions, color: "#CC79A7", width: 4 },
+    ...perInstance("sessions_by_instance"),
+  ], s.events || []);
 }
 
 // --- events and controls -------------------------------------------------------------------
 
 function renderEvents(s) {
   const items = [...(s.events || [])].reverse().map((ev) =>
-    el("li", {}, `${Number(ev.t).toFixed(1)} s  ${ev.kind}  ${ev.target}${ev.detail ? "  (" + ev.detail + ")" : ""}`));
+    el("li", {}, `${Number(ev.t).toFixed(1)} s  ${ev.target} ${ev.kind}${ev.detail ? "  (" + ev.detail + ")" : ""}`));
   $("events").replaceChildren(...items);
 }
 
