@@ -7,11 +7,13 @@ same topology run natively behind HAProxy passing a smoke journey (login, cart, 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -31,6 +33,16 @@ _READER = re.compile(r"_(?:str|int|float|choice)\(env, \"([A-Z0-9_]+)\"(\s*\))?"
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
     return yaml.safe_load((COMPOSE / "compose.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def haproxy_cfg() -> ModuleType:
+    """compose/haproxy_cfg.py, the renderer of the checked-in HAProxy config (a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("compose_haproxy_cfg", COMPOSE / "haproxy_cfg.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def app_settings(package: str) -> tuple[set[str], set[str]]:
@@ -101,12 +113,29 @@ def test_the_compose_build_uses_the_checked_in_dockerfile(compose: dict[str, Any
     assert (COMPOSE / build["context"] / build["dockerfile"]).resolve() == (COMPOSE / "Dockerfile").resolve()
 
 
+def test_the_checked_in_haproxy_config_is_the_rendered_one(haproxy_cfg: ModuleType) -> None:
+    assert (COMPOSE / "haproxy.cfg").read_text() == haproxy_cfg.render("round-robin"), \
+        "compose/haproxy.cfg is stale: run `python compose/haproxy_cfg.py --write`"
+
+
+def test_haproxy_uses_the_native_engines_policy_lines(haproxy_cfg: ModuleType) -> None:
+    from statelab.balancer.haproxy import BALANCE
+
+    for policy, lines in BALANCE.items():
+        rendered = haproxy_cfg.render(policy)
+        for line in lines:
+            assert line in rendered, f"{policy}: {line!r} missing from the compose config"
+
+
 @pytest.mark.haproxy
-def test_haproxy_config_is_valid() -> None:
+@pytest.mark.parametrize("policy", ["round-robin", "least-connections", "ip-hash", "cookie", "consistent-hash", "p2c"])
+def test_haproxy_accepts_the_config_for_every_policy(policy: str, haproxy_cfg: ModuleType, tmp_path: Path) -> None:
     if not HAPROXY:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    result = subprocess.run([HAPROXY, "-c", "-f", str(COMPOSE / "haproxy.cfg")], capture_output=True,
-                            text=True, timeout=30)
+    path = COMPOSE / "haproxy.cfg" if policy == "round-robin" else tmp_path / "haproxy.cfg"
+    if policy != "round-robin":
+        path.write_text(haproxy_cfg.render(policy))
+    result = subprocess.run([HAPROXY, "-c", "-f", str(path)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -114,6 +143,7 @@ def test_haproxy_fronts_the_replicas_compose_starts(compose: dict[str, Any]) -> 
     cfg = (COMPOSE / "haproxy.cfg").read_text()
     for app in ("stateful", "stateless"):
         assert re.search(rf"server-template \S+ \d+-\d+ {app}:8000", cfg), f"no server-template for {app}"
+        assert app in compose["services"] and "8000" in " ".join(compose["services"][app]["command"])
     assert "127.0.0.11:53" in cfg and "init-addr none" in cfg
     mount = compose["services"]["haproxy"]["volumes"][0]
     assert mount.startswith("./haproxy.cfg:")
