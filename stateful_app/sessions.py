@@ -50,6 +50,9 @@ class SessionStore:
             self._sessions.pop(session_id or "", None)
 
     def count(self) -> int:
-        """Return how many sessions this process holds in memory."""
+        """Return how many live sessions this process holds in memory, forgetting expired ones."""
+        now = self._clock()
         with self._lock:
+            for session_id in [sid for sid, (expires, _) in self._sessions.items() if expires <= now]:
+                del self._sessions[session_id]
             return len(self._sessions)

@@ -61,6 +61,7 @@ def login() -> Response:
     if user is None:
         abort(401, "bad username or password")
     response = jsonify(user=user)
+    # No Secure flag: the lab serves plain HTTP on loopback. The cookie holds only an opaque id.
     response.set_cookie(COOKIE_NAME, _lab().sessions.create(user), max_age=_lab().sessions.ttl_s,
                         httponly=True, samesite="Lax")
     return response

@@ -74,6 +74,7 @@ def login() -> Response:
     if tokens is not None:  # jwt mode: the client carries the proof, no session is stored
         return jsonify(user=user, **tokens.issue(user))
     response = jsonify(user=user)
+    # No Secure flag: the lab serves plain HTTP on loopback. The cookie holds only an opaque id.
     response.set_cookie(COOKIE_NAME, _lab().sessions.create(user), max_age=_lab().sessions.ttl_s,
                         httponly=True, samesite="Lax")
     return response
