@@ -123,12 +123,21 @@ def chromium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     profile = tmp_path_factory.mktemp("chromium-profile")
     port_file = profile / "DevToolsActivePort"
     proc = ManagedProcess("chromium", [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                          profile.parent / "chromium.log", probe=port_file.exists)
+                          profile.parent / "chromium.log", probe=lambda: _devtools_port(port_file) is not None)
     try:
         proc.start().wait_ready(START_TIMEOUT_S)
-        yield f"http://127.0.0.1:{port_file.read_text().split()[0]}"
+        yield f"http://127.0.0.1:{_devtools_port(port_file)}"
     finally:
         proc.stop()
+
+
+def _devtools_port(port_file: Path) -> int | None:
+    """Return the port Chromium wrote (first line of DevToolsActivePort), once the file is complete."""
+    try:
+        lines = port_file.read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(lines[0]) if len(lines) >= 2 and lines[0].isdigit() else None
 
 
 @pytest.fixture

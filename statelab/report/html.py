@@ -69,6 +69,7 @@ class AppRun:
     series: Mapping[str, Points]  # by normalised name
     shares: tuple[tuple[str, float], ...]  # (instance, requests)
     latency: tuple[tuple[str, float], ...]  # (percentile, ms)
+    latency_window: str = ""
 
     @property
     def last_t(self) -> float:
@@ -145,7 +146,8 @@ def _read_run(r: Mapping[str, Any]) -> AppRun:
         label=f"{app} ({variant})" if variant else app, app=app, outcome=str(r.get("outcome") or ""),
         expected=str(r.get("expected") or ""), explanation=str(r.get("explanation") or ""),
         notes=tuple(str(n) for n in r.get("notes") or () if n), figures=figures, checks=tuple(checks),
-        events=tuple(events), series=series, shares=shares, latency=latency)
+        events=tuple(events), series=series, shares=shares, latency=latency,
+        latency_window=str(lat.get("window") or ""))
 
 
 def _scenario_meta(name: str) -> tuple[str, str]:
@@ -211,11 +213,10 @@ def _charts(sc: ScenarioView) -> list[list[str]]:
     for r, m in zip(runs, markers):
         lost = [svg.Series(SERIES_LABELS.get(k, k), r.series[k], *LOSS_STYLE.get(k, (svg.BLACK, "")))
                 for k in loss if k in r.series]
-        names = " / ".join(SERIES_LABELS.get(k, k).removesuffix("/s") for k in loss) or "losses"
-        totals = ", ".join(svg.fmt(sum(v for _, v in s.points)) for s in lost)
-        title = f"{r.label}: {names}" + (f" ({totals} in all)" if totals and loss != ["db_queries"] else "")
+        # the totals are in the verdict table (distinct users); a per-second sum would count events
+        title = f"{r.label}: " + ("database load" if loss == ["db_queries"] else "what users lost, per second")
         row.append(svg.line_chart(title, lost, x_max=x_max, y_max=loss_max, y_label="per second", markers=m,
-                                  cls="loss"))
+                                  marker_legend=False, cls="loss"))
     rows.append(row)
 
     per_instance = [{k.removeprefix(PER_INSTANCE_PREFIX): pts for k, pts in r.series.items()
@@ -225,7 +226,7 @@ def _charts(sc: ScenarioView) -> list[list[str]]:
         rows.append([svg.line_chart(
             f"{r.label}: requests/s per instance",
             [svg.Series(name, pts, *INSTANCE_STYLES[i % len(INSTANCE_STYLES)]) for i, (name, pts) in enumerate(sorted(d.items()))],
-            x_max=x_max, y_max=inst_max, y_label="per second", markers=m, cls="per-instance")
+            x_max=x_max, y_max=inst_max, y_label="per second", markers=m, marker_legend=False, cls="per-instance")
             for r, d, m in zip(runs, per_instance, markers)])
 
     pcts = [[(k, 100.0 * v / (sum(x for _, x in r.shares) or 1.0)) for k, v in r.shares] for r in runs]
@@ -233,7 +234,8 @@ def _charts(sc: ScenarioView) -> list[list[str]]:
     rows.append([svg.bar_chart(f"{r.label}: share of requests per instance", p, unit="%", y_max=share_max,
                                color=svg.SKY, cls="shares") for r, p in zip(runs, pcts)])
     lat_max = max((v for r in runs for _, v in r.latency), default=0.0)
-    rows.append([svg.bar_chart(f"{r.label}: latency percentiles", list(r.latency), unit=" ms", y_max=lat_max,
+    rows.append([svg.bar_chart(f"{r.label}: latency" + (f" ({r.latency_window})" if r.latency_window else ""),
+                               list(r.latency), unit=" ms", y_max=lat_max,
                                color=svg.BLUE, cls="latency") for r in runs])
     return rows
 

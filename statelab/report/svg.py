@@ -79,7 +79,8 @@ def _svg_open(width: int, height: int, title: str, cls: str) -> str:
 
 def line_chart(title: str, series: Sequence[Series], *, x_unit: str = "s",
                y_label: str = "", y_max: float | None = None, x_max: float | None = None,
-               markers: Sequence[Marker] = (), width: int = 640, height: int = 340, cls: str = "") -> str:
+               markers: Sequence[Marker] = (), marker_legend: bool = True, width: int = 640, height: int = 340,
+               cls: str = "") -> str:
     """Draw series as polylines (one vertex per point) on 0-based axes, with numbered event markers.
 
     Markers are numbered on the plot and spelled out in a legend under it: a rolling deploy
@@ -93,7 +94,11 @@ def line_chart(title: str, series: Sequence[Series], *, x_unit: str = "s",
     plot_w, plot_h = width - left - right, height - plot_top - 56
     # events before traffic started (the lab starting up) are not part of the story being drawn
     groups = _group_markers([m for m in markers if 0 <= m.x <= x_max], x_max, plot_w)
-    total_h = height + len(groups) * (SMALL_PX + 8) + (8 if groups else 0)
+    chars = int((width - 50) / (SMALL_PX * CHAR_W))
+    legend = [_wrap(f"{fmt(round(x, 1))} s  " + "; ".join(labels), chars) for x, labels in groups] \
+        if marker_legend else []
+    line_h = SMALL_PX + 6
+    total_h = height + sum(len(lines) * line_h + 4 for lines in legend) + (8 if legend else 0)
 
     def px(x: float) -> float:
         return left + plot_w * min(max(x, 0.0), x_max) / x_max
@@ -152,13 +157,13 @@ def line_chart(title: str, series: Sequence[Series], *, x_unit: str = "s",
             label_ys.append(y)
             out.append(_text(left + plot_w + 8, y + 5, _short(s.name, 13), SMALL_PX, fill=BLACK,
                              cls="direct-label"))
-    # the event legend under the plot, one line per marker
-    for num, (x, labels) in enumerate(groups, 1):
-        tx, ty = 12, height + 4 + (num - 1) * (SMALL_PX + 8) + SMALL_PX
-        text = _short(f"{fmt(round(x, 1))} s  " + "; ".join(labels), int((width - 40) / (SMALL_PX * CHAR_W)))
-        out.append(f'<g class="event-label"><rect x="{tx:.1f}" y="{ty - SMALL_PX + 1:.1f}" width="20" height="18" '
-                   f'rx="3" fill="#333333"/>' + _text(tx + 10, ty, str(num), SMALL_PX - 1, "middle", "bold", "#ffffff")
-                   + _text(tx + 26, ty, text, SMALL_PX) + "</g>")
+    # the event legend under the plot: the numbered tag, then what happened (wrapped, at most 3 lines)
+    ty = height + 4 + SMALL_PX
+    for num, lines in enumerate(legend, 1):
+        out.append(f'<g class="event-label"><rect x="12" y="{ty - SMALL_PX + 1:.1f}" width="20" height="18" rx="3" '
+                   f'fill="#333333"/>' + _text(22, ty, str(num), SMALL_PX - 1, "middle", "bold", "#ffffff")
+                   + "".join(_text(38, ty + i * line_h, line, SMALL_PX) for i, line in enumerate(lines)) + "</g>")
+        ty += len(lines) * line_h + 4
     out.append("</svg>")
     return "".join(out)
 
@@ -173,6 +178,20 @@ def _group_markers(markers: Sequence[Marker], x_max: float, plot_w: float) -> li
         else:
             groups.append((m.x, [m.label]))
     return groups
+
+
+def _wrap(s: str, limit: int, max_lines: int = 3) -> list[str]:
+    """Break s into lines of at most limit characters at spaces; shorten the last line if needed."""
+    lines: list[str] = []
+    for word in s.split(" "):
+        if lines and len(lines[-1]) + 1 + len(word) <= limit:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = _short(lines[-1] + " …", limit)
+    return [_short(line, limit) for line in lines]
 
 
 def _short(s: str, limit: int) -> str:
