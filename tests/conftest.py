@@ -68,7 +68,8 @@ from typing import Any, Callable  # noqa: E402
 from flask import Flask  # noqa: E402
 from flask.testing import FlaskClient  # noqa: E402
 
-APP_KINDS = ("stateful", "stateless")
+from statelab.config import APP_KINDS  # noqa: E402
+
 # Each test that logs in takes fresh users from here, so carts and sessions never meet across tests.
 _next_user = itertools.count(3001)
 
