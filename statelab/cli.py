@@ -239,7 +239,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     status = ControlClient(args.state_file).call("GET", "/status")
     if args.json:
-        report.line(json.dumps(status, indent=2))
+        report.raw(json.dumps(status, indent=2))
     else:
         report.lab_table(status)
         report.events(status)

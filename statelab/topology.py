@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from statelab import services
+from statelab.balancer.engine import BalancerEngine, make_engine
 from statelab.config import APP_KINDS, BackingUrls, Secret
 from statelab.errors import ConfigError, ControlError, ServiceFailed
 
@@ -136,7 +137,7 @@ class Lab:
         self.stores: dict[str, services.Service] = {}
         self.workers: list[services.Service] = []
         self.backing: BackingUrls | None = None
-        self.engine = None  # type: ignore[var-annotated]
+        self.engine: BalancerEngine | None = None
         self.secret_key = Secret.random()
         self._next_id = 1
         self.policy = spec.policy
@@ -154,16 +155,14 @@ class Lab:
 
     def _start(self, progress: Callable[[str], None]) -> None:
         from statelab import seed
-        from statelab.balancer.engine import make_engine
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         progress("starting backing stores")
-        wanted = [("postgres", services.start_postgres)]
+        wanted: list[tuple[str, Callable[[Path], services.Service]]] = [("postgres", services.start_postgres)]
         if self.spec.app == "stateless":
             wanted += [("redis", services.start_redis), ("s3", services.start_s3)]
         for name, start in wanted:
-            svc = start(self.run_dir)
-            self.stores[name] = svc
+            self.stores[name] = start(self.run_dir)
         for svc in self.stores.values():
             svc.wait_ready()
         progress("seeding the database")
@@ -182,8 +181,8 @@ class Lab:
         for i in range(self.spec.job_workers if self.spec.app == "stateless" else 0):
             self.workers.append(services.start_worker(f"worker-{i + 1}", self.run_dir, self.app_env()))
         progress(f"starting the {self.spec.lb} balancer ({self.policy})")
-        self.engine = make_engine(self.spec.lb, health_interval_s=self.spec.health_interval_s)
-        self.engine.start(self.run_dir, self.spec.port or services.free_port(), services.free_port(), self.policy,
+        self.engine = engine = make_engine(self.spec.lb, health_interval_s=self.spec.health_interval_s)
+        engine.start(self.run_dir, self.spec.port or services.free_port(), services.free_port(), self.policy,
                           [(i.id, i.address) for i in self.instances.values()])
         self._event("started", "lab", f"{self.spec.app} x{self.spec.instances} behind {self.spec.lb}/{self.policy}")
         threading.Thread(target=self._supervise, name="statelab-supervisor", daemon=True).start()
@@ -214,6 +213,11 @@ class Lab:
         self.stop()
 
     # --- helpers ------------------------------------------------------------------------------
+
+    def _lb(self) -> BalancerEngine:
+        if self.engine is None:
+            raise ControlError("the lab's balancer is not running")
+        return self.engine
 
     def now(self) -> float:
         return round(self._clock() - self._t0, 3)
@@ -273,7 +277,7 @@ class Lab:
         """Wait until the balancer has no request in flight on inst (bounded)."""
         deadline = self._clock() + timeout_s
         while self._clock() < deadline:
-            active = {b.id: b.active for b in self.engine.backends()}
+            active = {b.id: b.active for b in self._lb().backends()}
             if active.get(inst.id, 0) == 0:
                 return
             time.sleep(0.05)
@@ -286,10 +290,10 @@ class Lab:
         inst = self._instance(instance_id)
         if drain:
             inst.state = "draining"
-            self.engine.set_state(inst.id, "drain")
+            self._lb().set_state(inst.id, "drain")
             self._event("draining", inst.id)
             self._wait_drained(inst, drain_timeout_s)
-            self.engine.set_state(inst.id, "maint")
+            self._lb().set_state(inst.id, "maint")
         inst.state = "restarting"
         inst.service.stop()
         self._event("stopped", inst.id, f"generation {inst.generation}")
@@ -302,12 +306,12 @@ class Lab:
 
     def _readd(self, inst: Instance) -> None:
         """Put an instance back in rotation (re-registering it if its address changed)."""
-        known = {b.id: b.address for b in self.engine.backends()}
+        known = {b.id: b.address for b in self._lb().backends()}
         if known.get(inst.id) != inst.address:
             if inst.id in known:
-                self.engine.remove_backend(inst.id)
-            self.engine.add_backend(inst.id, inst.address)
-        self.engine.set_state(inst.id, "ready")
+                self._lb().remove_backend(inst.id)
+            self._lb().add_backend(inst.id, inst.address)
+        self._lb().set_state(inst.id, "ready")
 
     def deploy(self, batch: int = 1, drain: bool = True, drain_timeout_s: float = DRAIN_TIMEOUT_S,
                progress: Callable[[str], None] = lambda msg: None) -> list[LabEvent]:
@@ -337,14 +341,14 @@ class Lab:
         if count > current:
             progress(f"starting {count - current} instances")
             for inst in self._start_instances(count - current):
-                self.engine.add_backend(inst.id, inst.address)
+                self._lb().add_backend(inst.id, inst.address)
                 self._event("joined", inst.id)
         elif count < current:
             for iid in list(self.instances)[count:]:
                 inst = self.instances[iid]
-                self.engine.set_state(iid, "drain")
+                self._lb().set_state(iid, "drain")
                 self._wait_drained(inst, DRAIN_TIMEOUT_S)
-                self.engine.remove_backend(iid)
+                self._lb().remove_backend(iid)
                 with self._lock:
                     del self.instances[iid]
                 inst.service.stop()
@@ -355,7 +359,7 @@ class Lab:
         """Switch the balancer's policy while traffic flows."""
         if policy not in POLICIES:
             raise ControlError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
-        self.engine.set_policy(policy)
+        self._lb().set_policy(policy)
         self.policy = policy
         self._event("policy", "balancer", policy)
 
@@ -392,7 +396,7 @@ class Lab:
                     inst.state = "crashed"
                     self._event("crashed", inst.id, f"exit code {code}")
                     try:
-                        self.engine.set_state(inst.id, "maint")
+                        self._lb().set_state(inst.id, "maint")
                     except Exception:
                         log.exception("could not take %s out of rotation", inst.id)
                 if not self.spec.restart_crashed:

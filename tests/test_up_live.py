@@ -32,10 +32,11 @@ class Up:
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.state = tmp / "lab.json"
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "statelab", "up", "--port", str(self.port), "--state-file", str(self.state),
-             "--run-dir", str(tmp / "run"), "--no-dashboard", *extra],
-            stdout=open(tmp / "up.out", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(tmp / "up.out", "w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "statelab", "up", "--port", str(self.port), "--state-file", str(self.state),
+                 "--run-dir", str(tmp / "run"), "--no-dashboard", *extra],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60
         while not self.state.exists():
             assert self.proc.poll() is None, (tmp / "up.out").read_text()

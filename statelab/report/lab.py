@@ -57,5 +57,10 @@ def line(message: str) -> None:
     console.print(message)
 
 
+def raw(text: str) -> None:
+    """Write text to stdout untouched (machine-readable output such as --json: no wrapping, no markup)."""
+    sys.stdout.write(text + "\n")
+
+
 def flush() -> None:
     sys.stdout.flush()
