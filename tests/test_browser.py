@@ -9,9 +9,13 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
+import socket
+import struct
 import sys
 import time
+import urllib.parse
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -38,13 +42,83 @@ START_TIMEOUT_S = 30.0
 CDP_TIMEOUT_S = 15.0
 
 
+class WebSocket:
+    """Just enough of RFC 6455 for the DevTools protocol: text frames, masked sends, no extensions.
+
+    Written out (about 50 lines) so the browser tests need nothing beyond the standard library.
+    No Origin header is sent, which is what Chromium's DevTools endpoint accepts by default.
+    """
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        u = urllib.parse.urlsplit(url)
+        self.sock = socket.create_connection((u.hostname or "127.0.0.1", u.port or 80), timeout=timeout_s)
+        self.buf = bytearray()
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall((f"GET {u.path}{'?' + u.query if u.query else ''} HTTP/1.1\r\nHost: {u.netloc}\r\n"
+                           f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                           "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        while b"\r\n\r\n" not in self.buf:
+            self._fill()
+        head, _, rest = bytes(self.buf).partition(b"\r\n\r\n")
+        if b" 101 " not in head.split(b"\r\n", 1)[0]:
+            raise AssertionError(f"no WebSocket upgrade from {url}: {head[:200]!r}")
+        self.buf = bytearray(rest)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("the browser closed the DevTools connection")
+        self.buf += chunk
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def send(self, text: str) -> None:
+        data, mask = text.encode(), os.urandom(4)
+        n = len(data)
+        size = bytes([0x80 | n]) if n < 126 else (bytes([0xFE]) + struct.pack("!H", n) if n < 65536
+                                                   else bytes([0xFF]) + struct.pack("!Q", n))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(data))
+        self.sock.sendall(b"\x81" + size + mask + masked)
+
+    def recv(self) -> str:
+        message = b""
+        while True:
+            b0, b1 = self._take(2)
+            n = b1 & 0x7F
+            if n == 126:
+                n = struct.unpack("!H", self._take(2))[0]
+            elif n == 127:
+                n = struct.unpack("!Q", self._take(8))[0]
+            mask = self._take(4) if b1 & 0x80 else b""
+            payload = self._take(n)
+            if mask:
+                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+            opcode = b0 & 0x0F
+            if opcode == 0x8:
+                raise ConnectionError("the browser closed the DevTools connection")
+            if opcode in (0x0, 0x1, 0x2):
+                message += payload
+                if b0 & 0x80:
+                    return message.decode()
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"\x88\x80" + os.urandom(4))
+        except OSError:
+            pass
+        self.sock.close()
+
+
 class DevTools:
     """A minimal DevTools-protocol client for one page: send a command, wait for its answer."""
 
     def __init__(self, ws_url: str) -> None:
-        import websocket  # websocket-client
-
-        self.ws = websocket.create_connection(ws_url, timeout=CDP_TIMEOUT_S, suppress_origin=True)
+        self.ws = WebSocket(ws_url, CDP_TIMEOUT_S)
         self.ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
 
