@@ -13,7 +13,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -148,7 +148,7 @@ def test_users_share_source_addresses_as_configured_and_report_lost_carts(
         recorder: tuple[str, dict[str, int]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     url, clients = recorder
     monkeypatch.setenv("LAB_LOCUST_THINK_S", "0.1")
-    code, summary = _run(LoadOptions(host=url, run_dir=tmp_path, users=12, spawn_rate=50, run_time="3s",
+    code, summary = _run(LoadOptions(host=url, run_dir=tmp_path, users=12, spawn_rate=50, run_time="6s",
                                      users_per_address=3))
     addresses = set(clients)
     assert len(addresses) == 12 // 3, addresses
@@ -160,18 +160,22 @@ def test_users_share_source_addresses_as_configured_and_report_lost_carts(
 
 # --- Locust against real labs, during a rolling deploy -------------------------------------------
 
-def _wait_for_logins(opts: LoadOptions, logins: int) -> None:
-    """Wait until Locust's CSV shows `logins` logins (bounded), so sessions exist before the deploy."""
+def _wait_for(opts: LoadOptions, what: str, done: Callable[[LoadSummary], bool]) -> LoadSummary:
+    """Poll Locust's CSV files (flushed every second) until done(summary), within WARM_TIMEOUT_S."""
     deadline = time.monotonic() + WARM_TIMEOUT_S
     while time.monotonic() < deadline:
         try:
-            rows = {r.name: r for r in read_summary(opts.csv_prefix).requests}
+            summary = read_summary(opts.csv_prefix)
         except (ServiceFailed, ValueError, KeyError):  # not written yet, or caught mid-write
-            rows = {}
-        if "/login" in rows and rows["/login"].requests - rows["/login"].failures >= logins:
-            return
+            summary = None
+        if summary is not None and done(summary):
+            return summary
         time.sleep(0.2)
-    raise AssertionError(f"Locust did not log {logins} users in within {WARM_TIMEOUT_S} s: {opts.log_path}")
+    raise AssertionError(f"Locust never showed {what} within {WARM_TIMEOUT_S} s: {opts.log_path}")
+
+
+def _logins(summary: LoadSummary) -> int:
+    return sum(r.requests - r.failures for r in summary.requests if r.name == "/login")
 
 
 @pytest.mark.live
@@ -189,15 +193,16 @@ def test_locust_sees_what_a_rolling_deploy_does_to_users(app: str, tmp_path: Pat
     try:
         lab.start()
         opts = LoadOptions(host=lab.balancer_url, run_dir=tmp_path / "locust", users=20, spawn_rate=40,
-                           run_time="12s", accounts=100)
+                           run_time="90s", accounts=100)
         proc = start_locust(opts)
         try:
-            _wait_for_logins(opts, 8)
-            before_deploy = read_summary(opts.csv_prefix)
+            before_deploy = _wait_for(opts, "8 logins", lambda s: _logins(s) >= 8)
             lab.deploy()
-            code = wait_finished(proc, opts.run_time or "0s")
+            deployed = read_summary(opts.csv_prefix).total.requests
+            # Users' next steps after the last restart are what reveals (or not) the loss.
+            _wait_for(opts, "100 requests after the deploy", lambda s: s.total.requests >= deployed + 100)
         finally:
-            proc.stop()
+            code = proc.stop()  # SIGTERM: Locust writes its CSV files and exits 1 if users saw failures
     finally:
         lab.stop()
     summary = read_summary(opts.csv_prefix)
