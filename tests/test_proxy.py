@@ -119,7 +119,7 @@ def backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[st
 @pytest.fixture
 def lab(backends: list[tuple[str, str]], tmp_path: Path) -> Iterator[Lab]:
     with ExitStack() as stack:
-        yield start_balancer(stack, tmp_path, backends, header_timeout_s=1.0)
+        yield start_balancer(stack, tmp_path, backends, header_timeout_s=1.0, body_timeout_s=1.0)
 
 
 def get_json(conn: http.client.HTTPConnection, path: str, headers: dict[str, str] | None = None
@@ -301,6 +301,23 @@ def test_slowloris_head_times_out(lab: Lab) -> None:
         assert time.monotonic() - t0 < 3.0
     with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as idle:
         assert idle.recv(4096).startswith(b"HTTP/1.1 408")  # saying nothing at all times out too
+
+
+def test_stalled_upload_times_out(lab: Lab) -> None:
+    with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+        t0 = time.monotonic()
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-a-little")
+        reply = s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert time.monotonic() - t0 < 3.0
+    assert all(b["active"] == 0 for b in lab.backends().values())
+
+
+def test_head_response_ends_at_its_head(lab: Lab) -> None:
+    with requests.Session() as s:
+        head = s.head(lab.url + "/h", timeout=TIMEOUT_S)
+        assert head.status_code == 200 and head.content == b"" and int(head.headers["Content-Length"]) > 0
+        assert s.get(lab.url + "/after-head", timeout=TIMEOUT_S).json()["path"] == "/after-head"
 
 
 def test_pipelined_requests_are_answered_in_order(lab: Lab) -> None:

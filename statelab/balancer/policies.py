@@ -12,7 +12,7 @@ import hashlib
 import math
 import random
 import zlib
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, TypeVar
 
 POLICY_NAMES = ("round-robin", "least-connections", "ip-hash", "cookie", "consistent-hash", "p2c")
 COOKIE_NAME = "LAB_BACKEND"
@@ -25,11 +25,14 @@ class Candidate(Protocol):
     active: int
 
 
+C = TypeVar("C", bound=Candidate)
+
+
 class Policy(Protocol):
     name: str
     sticky: bool
 
-    def pick(self, cands: Sequence[Candidate], key: str) -> Candidate: ...
+    def pick(self, cands: Sequence[C], key: str) -> C: ...
 
 
 class RoundRobin:
@@ -41,7 +44,7 @@ class RoundRobin:
     def __init__(self) -> None:
         self._i = 0
 
-    def pick(self, cands: Sequence[Candidate], key: str) -> Candidate:
+    def pick(self, cands: Sequence[C], key: str) -> C:
         i = self._i = self._i + 1
         return cands[i % len(cands)]
 
@@ -55,7 +58,7 @@ class LeastConnections:
     def __init__(self) -> None:
         self._i = 0
 
-    def pick(self, cands: Sequence[Candidate], key: str) -> Candidate:
+    def pick(self, cands: Sequence[C], key: str) -> C:
         n = len(cands)
         start = self._i = (self._i + 1) % n
         best = cands[start]
@@ -72,7 +75,7 @@ class IpHash:
     name = "ip-hash"
     sticky = False
 
-    def pick(self, cands: Sequence[Candidate], key: str) -> Candidate:
+    def pick(self, cands: Sequence[C], key: str) -> C:
         return cands[zlib.crc32(key.encode()) % len(cands)]
 
 
@@ -89,10 +92,10 @@ class CookieSticky:
     def __init__(self) -> None:
         self._rr = RoundRobin()
 
-    def pick(self, cands: Sequence[Candidate], key: str) -> Candidate:
+    def pick(self, cands: Sequence[C], key: str) -> C:
         return self._rr.pick(cands, key)
 
-    def pick_sticky(self, cands: Sequence[Candidate], key: str, cookie: str | None) -> tuple[Candidate, bool]:
+    def pick_sticky(self, cands: Sequence[C], key: str, cookie: str | None) -> tuple[C, bool]:
         """Return (backend, whether the response must set the cookie)."""
         if cookie is not None:
             for c in cands:
@@ -125,13 +128,13 @@ class ConsistentHash:
         self._points: list[int] = []
         self._owners: list[int] = []
 
-    def _build(self, cands: Sequence[Candidate]) -> None:
+    def _build(self, cands: Sequence[C]) -> None:
         ring = sorted((_hash64(f"{c.id}#{v}"), i) for i, c in enumerate(cands) for v in range(self.vnodes))
         self._points = [p for p, _ in ring]
         self._owners = [i for _, i in ring]
         self._ids = tuple(c.id for c in cands)
 
-    def pick(self, cands: Sequence[Candidate], key: str) -> Candidate:
+    def pick(self, cands: Sequence[C], key: str) -> C:
         if cands is not self._cands:  # the pool hands out a new tuple only when membership changes
             self._cands = cands
             if tuple(c.id for c in cands) != self._ids:
@@ -157,7 +160,7 @@ class PowerOfTwoChoices:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def pick(self, cands: Sequence[Candidate], key: str) -> Candidate:
+    def pick(self, cands: Sequence[C], key: str) -> C:
         n = len(cands)
         if n == 1:
             return cands[0]

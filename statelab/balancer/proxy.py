@@ -60,6 +60,7 @@ class BalancerOptions:
     idle_timeout_s: float = 60.0
     connect_timeout_s: float = 2.0
     backend_timeout_s: float = 60.0  # time to the first response byte
+    body_timeout_s: float = 30.0  # longest pause between two pieces of a request body
     records_max: int = DEFAULT_RECORDS_MAX
     shutdown_timeout_s: float = 5.0
 
@@ -230,6 +231,7 @@ class Upstream(asyncio.Protocol):
             if self.rpaused:
                 self.rpaused = False
                 self.transport.resume_reading()
+            self.reused = True
             be.idle.append(self)
         else:
             self.transport.close()
@@ -359,7 +361,7 @@ class Client(asyncio.Protocol):
         bal.conns.add(self)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
-        self.xff = b"X-Forwarded-For: " + self.ip.encode() + b"\r\n"
+        self.xff = b"X-Forwarded-For: " + self.ip.encode() + b"\r\n\r\n"  # also ends the head
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -412,8 +414,10 @@ class Client(asyncio.Protocol):
         bal = self.bal
         if end + 4 == len(data) and not bal.slow:
             low = data.lower()
+            n = len(data)
             if (b"\r\ncontent-length" not in low and b"\r\ntransfer-encoding" not in low
-                    and len(data) <= bal.max_header_bytes and data.count(b"\r\n") <= bal.max_lines):
+                    and n <= bal.max_header_bytes and (n <= bal.min_bytes_over_max_lines
+                                                       or data.count(b"\r\n") <= bal.max_lines)):
                 self.done = 0
                 try:
                     self.parser.feed_data(data)
@@ -427,10 +431,25 @@ class Client(asyncio.Protocol):
                 if not el:
                     return self.reject(503, "no backend available")
                 self.line = data[:data.find(b"\r\n")]
-                self.req = out = data[:end + 2] + self.xff + b"\r\n"
+                self.req = out = data[:end + 2] + self.xff
                 self.retried = False
                 be = bal.policy.pick(el, self.ip)
-                return self.send(be, out, b"", data[0] == 72 and data[:5] == b"HEAD ")  # type: ignore[arg-type]
+                idle = be.idle
+                if not idle or self.wpaused or data[0] == 72:  # no idle connection, backpressure, HEAD/HTTP
+                    return self.send(be, out, b"", data[:5] == b"HEAD ")
+                # inlined send() over an idle keep-alive connection: the common case
+                up = idle.pop()
+                self.busy = True
+                self.t0 = _now()
+                be.active += 1
+                be.requests += 1
+                up.client = self
+                up.nbytes = 0
+                up.done = False
+                up.special = None
+                self.up = up
+                up.transport.write(out)
+                return None
         return self._request(data, end)
 
     def _partial(self, data: bytes) -> None:
@@ -472,9 +491,14 @@ class Client(asyncio.Protocol):
         if rest:
             self.buf = rest
             self.pause(_PIPELINE)
-        self.req = None if (cl > 0 or chunked) else head[:-2] + self.xff + b"\r\n"
         self.retried = False
-        self.dispatch(first=head[:-2] + self.xff + b"\r\n" + part)
+        if cl > 0 or chunked:
+            self.req = None
+            self.t_head = _now()  # body inactivity is timed from here
+            self.dispatch(first=head[:-2] + self.xff + part)
+        else:
+            self.req = head[:-2] + self.xff
+            self.dispatch(first=self.req)
 
     def _framing(self, low: bytes, head: bytes) -> tuple[int, bool]:
         """Return (content length or -1, chunked) by our own reading of the head; BadRequest if ambiguous."""
@@ -558,6 +582,7 @@ class Client(asyncio.Protocol):
                 part, rest = self.take_body(data)
             except BadRequest as exc:
                 return self.reject(exc.status, str(exc))
+            self.t_head = _now()
             up = self.up
             if up is None or up.transport is None:
                 self.pending.append(part)
@@ -593,7 +618,7 @@ class Client(asyncio.Protocol):
             if must_set:
                 cookie = b"Set-Cookie: " + COOKIE_NAME.encode() + b"=" + be.id.encode() + b"; path=/\r\n"
         else:
-            be = policy.pick(el, self.key if bal.slow else self.ip)  # type: ignore[assignment]
+            be = policy.pick(el, self.key if bal.slow else self.ip)
         self.send(be, first, cookie, self.line is not None and self.line[:5] == b"HEAD ", fresh)
 
     def send(self, be: Backend, first: bytes, cookie: bytes, head_only: bool, fresh: bool = False) -> None:
@@ -606,7 +631,6 @@ class Client(asyncio.Protocol):
         idle = be.idle
         if idle and not fresh:
             up = idle.pop()
-            up.reused = True
         else:
             up = Upstream(self.bal, be)
         up.client = self
@@ -730,6 +754,7 @@ class Balancer:
         self.closing = False
         self.max_header_bytes = opts.max_header_bytes
         self.max_lines = opts.max_headers + 2  # request line + headers + the empty line
+        self.min_bytes_over_max_lines = 4 * self.max_lines  # a shorter head cannot have too many lines
         self.slow = self.policy.sticky or opts.trust_forwarded_for
         self.server: asyncio.AbstractServer | None = None
         self.admin: asyncio.AbstractServer | None = None
@@ -763,7 +788,9 @@ class Balancer:
             for c in list(self.conns):
                 if c.busy:
                     up = c.up
-                    if up is not None and up.nbytes == 0 and now - c.t0 > o.backend_timeout_s:
+                    if (c.body_left or c.chunks is not None) and not c.rpause and now - c.t_head > o.body_timeout_s:
+                        c.reject(408, "request body stalled")
+                    elif up is not None and up.nbytes == 0 and now - c.t0 > o.backend_timeout_s:
                         up.backend.errors += 1
                         c.reject(504, f"backend {up.backend.id} did not answer in {o.backend_timeout_s:g} s")
                 elif c.buf or c.line is None:
