@@ -342,3 +342,82 @@ def _background_traffic(url: str) -> Callable[[], None]:
         t.join(5)
 
     return stopper
+
+
+# --- Firefox, over WebDriver BiDi (Firefox dropped the DevTools protocol) -----------------------
+
+FIREFOX_NAMES = ("firefox-esr", "firefox")
+
+
+class Bidi:
+    """A minimal WebDriver BiDi client: one session, the first browsing context."""
+
+    def __init__(self, port: int) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                self.ws = WebSocket(f"ws://127.0.0.1:{port}/session", CDP_TIMEOUT_S)
+                break
+            except (OSError, AssertionError):
+                assert time.monotonic() < deadline, "Firefox's WebDriver BiDi endpoint never answered"
+                time.sleep(0.2)
+        self.ids = itertools.count(1)
+        self.call("session.new", capabilities={})
+        self.context = self.call("browsingContext.getTree")["contexts"][0]["context"]
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self.ids)
+        self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == msg_id:
+                assert msg.get("type") != "error", f"{method} failed: {msg}"
+                return dict(msg["result"])
+
+    def eval(self, expression: str) -> Any:
+        result = self.call("script.evaluate", expression=expression, target={"context": self.context},
+                           awaitPromise=True)
+        assert result.get("type") == "success", f"{expression!r} threw: {result}"
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.eval(expression):
+            assert time.monotonic() < deadline, f"still false after {timeout_s} s: {expression}"
+            time.sleep(0.1)
+
+
+def test_dashboard_in_firefox(tmp_path: Path) -> None:
+    binary = next((p for p in map(shutil.which, FIREFOX_NAMES) if p), None)
+    if binary is None:
+        pytest.skip("Firefox is not installed (apt-get install firefox-esr): Firefox check skipped")
+    from statelab.procs import free_port
+
+    lab = StubLab()
+    with ExitStack() as stack:
+        control = FakeControl(lambda path, body: setattr(lab, "generation", lab.generation + 1))
+        stack.callback(control.stop)
+        dash = stack.enter_context(Dashboard(lab, control.url, interval_s=0.3, stats=fake_stats))
+        port = free_port()
+        profile = tmp_path / "firefox-profile"
+        profile.mkdir()
+        firefox = ManagedProcess("firefox", [binary, "--headless", "--no-remote", "--profile", str(profile),
+                                             f"--remote-debugging-port={port}", "about:blank"], tmp_path / "firefox.log")
+        firefox.start()
+        stack.callback(firefox.stop)
+        ff = Bidi(port)
+        stack.callback(ff.ws.close)
+        ff.call("browsingContext.setViewport", context=ff.context, viewport={"width": 1600, "height": 1100})
+        ff.call("browsingContext.navigate", context=ff.context, url=dash.url, wait="complete")
+        ff.wait_for("document.getElementById('connection').textContent === 'live' && "
+                    "document.querySelectorAll('#instances .instance').length === 2 && "
+                    "document.querySelectorAll('#timeline polyline.series').length === 4")
+        card = "document.querySelector('#instances .instance[data-id=\"app-1\"]')"
+        assert ff.eval(f"{card}.dataset.generation") == "1"
+        ff.eval("document.getElementById('deploy').click()")
+        ff.wait_for(f"{card}.dataset.generation === '2'")
+        ff.wait_for("document.getElementById('op-result').textContent === 'deploy: done'")
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ff.call("browsingContext.captureScreenshot", context=ff.context)["data"]
+        (ARTIFACTS / "dashboard-firefox.png").write_bytes(base64.b64decode(shot))
+        assert control.calls == [("/deploy", {"batch": 1, "drain": True})]
