@@ -179,13 +179,14 @@ class Dashboard:
         return self
 
     def stop(self) -> None:
-        """Stop sampling, end the event streams, close the port."""
+        """Stop sampling, end the event streams, close the port (safe to call twice, or unstarted)."""
         self.stopping.set()
         self._kick.set()
         self.sampler.wake()
-        self.httpd.shutdown()
+        if self._threads[0].is_alive():  # shutdown() waits forever on a server that never served
+            self.httpd.shutdown()
+            self._threads[1].join(timeout=5)
         self.httpd.server_close()
-        self._threads[1].join(timeout=5)
         self.sampler.close()
 
     def __enter__(self) -> "Dashboard":
@@ -235,7 +236,7 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
             """Loopback clients only, addressing us by a loopback name (no DNS rebinding)."""
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
             if not self.client_address[0].startswith("127.") or host not in LOOPBACK_HOSTS:
-                self._reply(403, {"error": "the dashboard accepts loopback clients only"})
+                self._refuse(403, "the dashboard accepts loopback clients only")
                 return False
             return True
 
@@ -260,10 +261,10 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
             path = self.path.split("?", 1)[0]
             op = path.removeprefix("/api/")
             if not path.startswith("/api/") or op not in CONTROL_OPS:
-                self._reply(404, {"error": f"no operation at {path}"})
+                self._refuse(404, f"no operation at {path}")
                 return
             if (self.headers.get("Content-Type") or "").split(";")[0].strip() != "application/json":
-                self._reply(415, {"error": "send the operation as application/json"})
+                self._refuse(415, "send the operation as application/json")
                 return
             try:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -300,6 +301,11 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
             except (BrokenPipeError, ConnectionResetError, OSError):
                 pass
 
+        def _refuse(self, status: int, message: str) -> None:
+            """Answer an error and close: an unread request body must not be parsed as the next request."""
+            self.close_connection = True
+            self._reply(status, {"error": message})
+
         def _reply(self, status: int, payload: dict[str, Any]) -> None:
             self._send(status, json.dumps(payload, default=str).encode(), "application/json")
 
@@ -307,6 +313,8 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             for name, value in SECURITY_HEADERS:
                 self.send_header(name, value)
             self.end_headers()

@@ -166,6 +166,12 @@ def test_requests_that_are_refused(stub_dashboard: tuple[Dashboard, FakeControl]
     assert control.calls == []
 
 
+def test_stop_without_start_returns() -> None:
+    dash = Dashboard(StubLab(), "http://127.0.0.1:9", stats=fake_stats)
+    dash.stop()
+    dash.stop()
+
+
 def test_control_api_down_is_a_clear_error() -> None:
     with Dashboard(StubLab(), "http://127.0.0.1:9", stats=fake_stats) as dash:
         resp = requests.post(dash.url + "api/kill", json={"id": "app-1"}, timeout=10)
