@@ -13,6 +13,7 @@ import io
 import logging
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +30,7 @@ SOCKET_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 10.0
 STOP_GRACE_S = 3.0
 HASH_BALANCE_FACTOR_PCT = 125
+MAX_UNIX_PATH = 100  # sun_path holds 108 bytes
 
 BALANCE = {
     "round-robin": ["balance roundrobin"],
@@ -143,10 +145,17 @@ class HAProxyEngine:
         self.run_dir = Path(".")
         self._backends: list[tuple[str, str]] = []
         self._states: dict[str, str] = {}
+        self._sock_path: Path | None = None
 
     @property
     def sock_path(self) -> Path:
-        return self.run_dir / "haproxy.sock"
+        """The runtime API socket: in the run directory unless that path is too long for a unix socket."""
+        if self._sock_path is None:
+            path = self.run_dir.resolve() / "haproxy.sock"
+            if len(str(path)) > MAX_UNIX_PATH:
+                path = Path(tempfile.mkdtemp(prefix="statelab-haproxy-")) / "haproxy.sock"
+            self._sock_path = path
+        return self._sock_path
 
     @property
     def cfg_path(self) -> Path:
