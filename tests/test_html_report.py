@@ -150,6 +150,18 @@ def test_series_names_and_loss_choice() -> None:
     quiet = read_journal({"results": [{"scenario": "s", "app": "stateless", "series": [
         {"name": "logouts", "points": [[0, 0]]}, {"name": "db_queries/s", "points": [[0, 5]]}]}]})
     assert loss_keys(quiet[0].runs) == ["db_queries"]
+    nothing = read_journal({"results": [{"scenario": "s", "app": "stateful", "series": [
+        {"name": "logouts", "points": [[0, 0], [1, 0]]}]}]})
+    assert loss_keys(nothing[0].runs) == []
+    assert "what users lost" not in render_html({"results": [{"scenario": "s", "app": "stateful", "series": [
+        {"name": "logouts", "points": [[0, 0], [1, 0]]}]}]})
+
+
+def test_series_of_two_crowds_are_added_second_by_second() -> None:
+    views = read_journal({"results": [{"scenario": "s", "app": "stateful", "series": [
+        {"name": "requests", "points": [[0, 10], [1, 10], [2, 10]]},
+        {"name": "requests", "points": [[1.5, 5], [2.5, 7], [3.5, 1]]}]}]})
+    assert views[0].runs[0].series["requests"] == ((0.0, 10.0), (1.0, 15.0), (2.0, 17.0), (3.0, 1.0))
 
 
 def test_nice_ticks() -> None:

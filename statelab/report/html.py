@@ -119,7 +119,8 @@ def _read_run(r: Mapping[str, Any]) -> AppRun:
                 t, v = _num(p[0]), _num(p[1])
                 if t is not None and v is not None:
                     pts.append((t, v))
-        series[series_key(str(s.get("name", "?")))] = tuple(pts)
+        key = series_key(str(s.get("name", "?")))
+        series[key] = _merge(series[key], tuple(pts)) if key in series else tuple(pts)
     events = []
     for ev in _list(r.get("events")):
         t = _num(ev.get("t"))
@@ -150,6 +151,14 @@ def _read_run(r: Mapping[str, Any]) -> AppRun:
         latency_window=str(lat.get("window") or ""))
 
 
+def _merge(a: Points, b: Points) -> Points:
+    """Add two per-second series that share a name (two crowds running at once) second by second."""
+    sums: dict[float, float] = {}
+    for t, v in (*a, *b):
+        sums[float(math.floor(t))] = sums.get(float(math.floor(t)), 0.0) + v
+    return tuple(sorted(sums.items()))
+
+
 def _scenario_meta(name: str) -> tuple[str, str]:
     """Return (title, summary) from the scenario's module, if it can be imported; else the name."""
     try:
@@ -178,13 +187,13 @@ def read_journal(journal: Mapping[str, Any]) -> list[ScenarioView]:
 # --- charts -----------------------------------------------------------------------------------
 
 def loss_keys(runs: Sequence[AppRun]) -> list[str]:
-    """Pick the series that show what users lost: the non-zero loss series, else database queries/s."""
+    """Pick the series that show what users lost: the non-zero loss series, else database queries/s, else none."""
     nonzero = [k for k in LOSS_SERIES if any(v for r in runs for _, v in r.series.get(k, ()))]
     if nonzero:
         return nonzero
     if any("db_queries" in r.series for r in runs):
         return ["db_queries"]
-    return [k for k in LOSS_SERIES if any(k in r.series for r in runs)][:1]
+    return []  # flat zeros would contradict a loss the verdict table counts some other way
 
 
 def _max(runs: Sequence[AppRun], keys: Iterable[str]) -> float:
@@ -196,6 +205,8 @@ def _charts(sc: ScenarioView) -> list[list[str]]:
     """Return rows of charts, one column per app, each row on shared axes."""
     runs = sc.runs
     x_max = max(r.last_t for r in runs)
+    # three columns get a narrower canvas, so that side by side the text stays projector-sized
+    w = 640 if len(runs) <= 2 else 540
     markers = [[svg.Marker(t, label) for t, label in r.events] for r in runs]
     rows: list[list[str]] = []
 
@@ -204,20 +215,21 @@ def _charts(sc: ScenarioView) -> list[list[str]]:
         f"{r.label}: traffic",
         [svg.Series(SERIES_LABELS[k], r.series[k], color, dash)
          for k, color, dash in (("requests", svg.BLUE, ""), ("errors", svg.VERMILLION, "10 6")) if k in r.series],
-        x_max=x_max, y_max=traffic_max, y_label="per second", markers=m, cls="traffic")
+        x_max=x_max, y_max=traffic_max, y_label="per second", markers=m, width=w, cls="traffic")
         for r, m in zip(runs, markers)])
 
     loss = loss_keys(runs)
     loss_max = _max(runs, loss)
     row = []
-    for r, m in zip(runs, markers):
+    for r, m in zip(runs, markers if loss else []):
         lost = [svg.Series(SERIES_LABELS.get(k, k), r.series[k], *LOSS_STYLE.get(k, (svg.BLACK, "")))
                 for k in loss if k in r.series]
         # the totals are in the verdict table (distinct users); a per-second sum would count events
         title = f"{r.label}: " + ("database load" if loss == ["db_queries"] else "what users lost, per second")
         row.append(svg.line_chart(title, lost, x_max=x_max, y_max=loss_max, y_label="per second", markers=m,
-                                  marker_legend=False, cls="loss"))
-    rows.append(row)
+                                  marker_legend=False, width=w, cls="loss"))
+    if row:
+        rows.append(row)
 
     per_instance = [{k.removeprefix(PER_INSTANCE_PREFIX): pts for k, pts in r.series.items()
                      if k.startswith(PER_INSTANCE_PREFIX)} for r in runs]
@@ -226,17 +238,18 @@ def _charts(sc: ScenarioView) -> list[list[str]]:
         rows.append([svg.line_chart(
             f"{r.label}: requests/s per instance",
             [svg.Series(name, pts, *INSTANCE_STYLES[i % len(INSTANCE_STYLES)]) for i, (name, pts) in enumerate(sorted(d.items()))],
-            x_max=x_max, y_max=inst_max, y_label="per second", markers=m, marker_legend=False, cls="per-instance")
+            x_max=x_max, y_max=inst_max, y_label="per second", markers=m, marker_legend=False, width=w,
+            cls="per-instance")
             for r, d, m in zip(runs, per_instance, markers)])
 
     pcts = [[(k, 100.0 * v / (sum(x for _, x in r.shares) or 1.0)) for k, v in r.shares] for r in runs]
     share_max = max((v for p in pcts for _, v in p), default=0.0)
     rows.append([svg.bar_chart(f"{r.label}: share of requests per instance", p, unit="%", y_max=share_max,
-                               color=svg.SKY, cls="shares") for r, p in zip(runs, pcts)])
+                               color=svg.SKY, width=w, cls="shares") for r, p in zip(runs, pcts)])
     lat_max = max((v for r in runs for _, v in r.latency), default=0.0)
     rows.append([svg.bar_chart(f"{r.label}: latency" + (f" ({r.latency_window})" if r.latency_window else ""),
                                list(r.latency), unit=" ms", y_max=lat_max,
-                               color=svg.BLUE, cls="latency") for r in runs])
+                               color=svg.BLUE, width=w, cls="latency") for r in runs])
     return rows
 
 
@@ -316,7 +329,8 @@ tr.check th{font-weight:normal;font-family:monospace}
 td.outcome-reproduced{background:#fbe3d4}td.outcome-survived{background:#d7ecf7}td.outcome-error{background:#eee}
 .expected{font-size:16px}.notes{font-size:17px;margin:6px 0 0;padding-left:20px}
 .price{background:#f4f4f4;padding:8px 12px;border-left:6px solid #0072B2}
-.row{display:grid;gap:20px;margin:8px 0;grid-template-columns:repeat(auto-fit,minmax(520px,1fr))}
+.row{display:grid;gap:16px;margin:8px 0;grid-template-columns:repeat(auto-fit,minmax(0,1fr))}
+@media (max-width:1000px){.row{grid-template-columns:1fr}}
 figure{margin:0;border:1px solid #ccc;padding:4px}svg.chart{display:block;height:auto}
 nav a{margin-right:18px}
 @media print{h2{break-before:page}}

@@ -70,11 +70,13 @@ def _text(x: float, y: float, s: str, size: int = FONT_PX, anchor: str = "start"
 
 
 def _svg_open(width: int, height: int, title: str, cls: str) -> str:
+    # a long title (a variant's name) gets a smaller font before it gets shortened
+    size = max(15, min(TITLE_PX, int((width - 24) / (max(1, len(title)) * CHAR_W))))
     return (f'<svg class="chart {cls}" viewBox="0 0 {width} {height}" '
             f'width="100%" role="img" aria-label="{escape(title)}" '
             f'font-family="DejaVu Sans, Verdana, Arial, sans-serif"><title>{escape(title)}</title>'
             f'<rect width="{width}" height="{height}" fill="#ffffff"/>'
-            + _text(12, 26, title, TITLE_PX, weight="bold", cls="chart-title"))
+            + _text(12, 26, _short(title, int((width - 24) / (size * CHAR_W))), size, weight="bold", cls="chart-title"))
 
 
 def line_chart(title: str, series: Sequence[Series], *, x_unit: str = "s",
