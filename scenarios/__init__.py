@@ -15,7 +15,8 @@ from typing import Callable, Sequence
 
 from statelab.errors import ScenarioError
 from statelab.measure import AdminRecords, Hit, RecordCollector, StatsSampler
-from statelab.scenario import AppCase, Event, Progress, Series, Target
+from statelab.scenario import (ABORT, AppCase, Event, Progress, Series, Target, case_lab_ready, case_traffic_done,
+                               case_wait_turn)
 from statelab.topology import Lab, LabSpec
 from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
 
@@ -86,7 +87,8 @@ class Harness:
                   per_instance_disk: bool = False, job_workers: int = 1) -> Lab:
         """Start a fresh lab for this case (stores, seed, instances, balancer)."""
         if self.target is not None:
-            raise ScenarioError("this scenario starts its own processes; it cannot run against --target")
+            raise ScenarioError("not supported with --target: this scenario starts, restarts or scales its own "
+                                "processes (run it without --target)")
         spec = LabSpec(app=self.app.app, instances=instances, policy=policy, lb=self.lb, run_dir=self.run_dir,
                        threads=threads, health_interval_s=HEALTH_INTERVAL_S, seed_users=seed_users,
                        app_env=self.app.env, job_workers=job_workers)
@@ -96,6 +98,7 @@ class Harness:
         self.stack.callback(lab.stop)
         lab.start(progress=lambda msg: self.progress.phase(f"{self.app.label}: {msg}"))
         self.lab = lab
+        case_lab_ready()
         return lab
 
     @property
@@ -123,7 +126,13 @@ class Harness:
         return self.lab.balancer_url
 
     def start_samplers(self, stats: bool = False) -> None:
-        """Start draining balancer records (and polling /stats when asked); traffic time starts now."""
+        """Start draining balancer records (and polling /stats when asked); traffic time starts now.
+
+        With labs started side by side, this waits for this case's turn to send traffic.
+        """
+        self.progress.phase(f"{self.app.label}: lab ready, waiting for its turn to send traffic")
+        case_wait_turn()
+        self.stack.callback(case_traffic_done)
         self.t0 = time.time()
         if self.lab is not None and self.lab.engine is not None:
             self.records = RecordCollector(self.lab.engine).start()
@@ -164,6 +173,8 @@ class Harness:
         """Let traffic run for a while (bounded; returns early if the crowd died)."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            if ABORT.is_set():
+                raise KeyboardInterrupt
             if crowd is not None and not crowd.running():
                 raise ScenarioError("the simulated users stopped early: " + _crowd_failure(crowd))
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
@@ -178,6 +189,7 @@ class Harness:
             self.records.stop()
         if self.stats is not None:
             self.stats.stop()
+        case_traffic_done()
         return results
 
     # --- after the run -------------------------------------------------------------------------------

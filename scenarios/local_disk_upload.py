@@ -156,9 +156,9 @@ class LocalDiskUpload:
         return default_cases(self.expect)
 
     def profile(self, quick: bool, users: int | None) -> Profile:
-        n = scale_profile(200, quick, 60, users)
-        return Profile(users=n, instances=3, phase_s=3.0 if quick else 10.0,
-                       extra=(("think_s", 0.3 if quick else 1.0),), seed_users=max(n, 200))
+        n = scale_profile(150, quick, 40, users)
+        return Profile(users=n, instances=3, phase_s=3.0 if quick else 8.0,
+                       extra=(("think_s", 0.5 if quick else 1.0),), seed_users=max(n, 200))
 
     def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
             target: Target | None = None) -> Measurements:

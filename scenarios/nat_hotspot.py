@@ -46,6 +46,8 @@ class NatHotspot:
     tolerances: tuple[Tolerance, ...] = (
         Tolerance("max_mean_ratio", "<", 1.3, "the busiest instance carries at most 1.3x its fair share"),
         Tolerance("idle_instances", "<=", 0, "no instance sits idle while another saturates"),
+        Tolerance("users_logged_out", "<=", 0, "nobody loses their session (a hot instance ejected by its "
+                                                "health check moves its whole NAT elsewhere)"),
     )
     preconditions: tuple[Tolerance, ...] = (
         Tolerance("requests", ">=", 100, "enough requests to compute shares"),
@@ -57,8 +59,8 @@ class NatHotspot:
     def profile(self, quick: bool, users: int | None) -> Profile:
         nat = scale_profile(2000, quick, 400, users)
         distinct = max(10, nat * 3 // 20)
-        return Profile(users=nat + distinct, instances=4, phase_s=4.0 if quick else 12.0,
-                       extra=(("nat_users", nat), ("distinct_users", distinct), ("think_s", 1.0 if quick else 2.0)),
+        return Profile(users=nat + distinct, instances=4, phase_s=4.0 if quick else 10.0,
+                       extra=(("nat_users", nat), ("distinct_users", distinct), ("think_s", 3.0 if quick else 4.0)),
                        seed_users=nat + distinct)
 
     def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,

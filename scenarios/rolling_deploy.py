@@ -54,9 +54,9 @@ class RollingDeploy:
         return default_cases(self.expect)
 
     def profile(self, quick: bool, users: int | None) -> Profile:
-        n = scale_profile(400, quick, 120, users)
-        return Profile(users=n, instances=3, phase_s=1.5 if quick else 5.0,
-                       extra=(("think_s", 0.3 if quick else 1.0),), seed_users=max(n, 200))
+        n = scale_profile(300, quick, 60, users)
+        return Profile(users=n, instances=3, phase_s=1.5 if quick else 4.0,
+                       extra=(("think_s", 0.5 if quick else 1.0),), seed_users=max(n, 200))
 
     def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
             target: Target | None = None) -> Measurements:
@@ -66,11 +66,11 @@ class RollingDeploy:
             crowd = h.crowd(Population(distinct_users=profile.users, think_s=profile.get("think_s", 1.0)),
                             "shopper", seed, ramp_s=min(1.0, profile.phase_s))
             h.phase("users log in and shop")
-            h.hold(profile.phase_s * 1.5, crowd)
+            h.hold(profile.phase_s, crowd)
             t_deploy = h.phase("rolling deploy", f"{profile.instances} instances, drain on")
             lab.deploy(batch=1, drain=True, progress=lambda msg: progress.phase(f"{app.label}: {msg}"))
             t_done = h.phase("after the deploy: users look at their carts")
-            h.hold(profile.phase_s * 1.5, crowd)
+            h.hold(profile.phase_s, crowd)
             (result,) = h.finish(crowd)
             hits = h.hits
             restarted = sum(1 for e in lab.events if e.kind == "ready")

@@ -155,6 +155,7 @@ class StatsSampler:
         self.clock = clock
         self.samples: list[StatsSample] = []
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._session = requests.Session()
         self._thread = threading.Thread(target=self._run, name="statelab-stats", daemon=True)
 
@@ -163,17 +164,20 @@ class StatsSampler:
         self._thread.start()
         return self
 
-    def sample(self) -> None:
-        t = self.clock()
-        try:
-            current = list(self.instances())
-        except Exception:
-            log.debug("listing instances failed", exc_info=True)
-            return
-        for iid, url in current:
-            values = fetch_stats(url, self._session)
-            if values is not None:
-                self.samples.append(StatsSample(t, iid, tuple(sorted(values.items()))))
+    def sample(self) -> float:
+        """Sample every instance now (also callable from the scenario's thread at a phase edge); return t."""
+        with self._lock:
+            t = self.clock()
+            try:
+                current = list(self.instances())
+            except Exception:
+                log.debug("listing instances failed", exc_info=True)
+                return t
+            for iid, url in current:
+                values = fetch_stats(url, self._session)
+                if values is not None:
+                    self.samples.append(StatsSample(t, iid, tuple(sorted(values.items()))))
+            return t
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -289,6 +293,26 @@ def counter_delta(samples: Sequence[StatsSample], field_name: str, t0: float, t1
         first.setdefault(s.instance, s.get(field_name))
         last[s.instance] = s.get(field_name)
     return sum(max(0.0, last[i] - first[i]) for i in last)
+
+
+def counter_increase(samples: Sequence[StatsSample], field_name: str, t_a: float, t_b: float,
+                     instances: Iterable[str] | None = None) -> float:
+    """Return how much a counter grew from t_a to t_b, summed over instances, from sparse samples.
+
+    Each instance's value at t is its last sample at or before t; an instance with no sample by
+    t_a started within the window, so all of its count by t_b is new.
+    """
+    wanted = set(instances) if instances is not None else None
+    at_a: dict[str, float] = {}
+    at_b: dict[str, float] = {}
+    for s in sorted(samples, key=lambda x: x.t):
+        if wanted is not None and s.instance not in wanted:
+            continue
+        if s.t <= t_a:
+            at_a[s.instance] = s.get(field_name)
+        if s.t <= t_b:
+            at_b[s.instance] = s.get(field_name)
+    return sum(max(0.0, v - at_a.get(i, 0.0)) for i, v in at_b.items())
 
 
 def hit_ratio(samples: Sequence[StatsSample], t0: float, t1: float, instances: Iterable[str] | None = None,

@@ -11,19 +11,22 @@ import importlib
 import logging
 import math
 import platform
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
 
-from statelab.errors import ConfigError, LabError
+from statelab.errors import ConfigError, LabError, ScenarioError
 
 log = logging.getLogger(__name__)
 
 APPS = ("stateful", "stateless")
 OUTCOMES = ("reproduced", "survived", "error")
 EXIT_OK, EXIT_DEVIATED, EXIT_ERROR = 0, 1, 2
+ABORT = threading.Event()  # set on Ctrl-C: running cases stop waiting and clean up
 SCENARIO_MODULES = ("rolling_deploy", "nat_hotspot", "local_disk_upload", "cold_cache_autoscale")
 PACKAGES_IN_JOURNAL = ("statelab", "flask", "gunicorn", "redis", "psycopg", "rq", "minio", "httptools", "uvloop",
                        "rich")
@@ -265,10 +268,12 @@ class RunInputs:
     lb: str
     target: str | None
     run_dir: str
+    side_by_side: bool = False
 
     def to_json(self) -> dict[str, object]:
         return {"scenarios": list(self.scenarios), "apps": list(self.apps), "quick": self.quick, "seed": self.seed,
-                "users": self.users, "lb": self.lb, "target": self.target, "run_dir": self.run_dir}
+                "users": self.users, "lb": self.lb, "target": self.target, "run_dir": self.run_dir,
+                "side_by_side": self.side_by_side}
 
 
 @dataclass(frozen=True)
@@ -376,6 +381,23 @@ class NullProgress:
     def watch(self, counters: Callable[[], str] | None) -> None:
         pass
 
+    def for_case(self, key: str) -> Progress:
+        return self
+
+
+class CaseProgress:
+    """One case's view of a shared progress display (cases of a scenario may run side by side)."""
+
+    def __init__(self, parent: object, key: str) -> None:
+        self.parent = parent
+        self.key = key
+
+    def phase(self, text: str) -> None:
+        self.parent.case_phase(self.key, text)  # type: ignore[attr-defined]
+
+    def watch(self, counters: Callable[[], str] | None) -> None:
+        self.parent.case_watch(self.key, counters)  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -447,6 +469,11 @@ class RunOptions:
     run_dir: Path = Path(".statelab/runs/run")
     target: str | None = None
     target_admin: str | None = None
+    parallel: bool = True  # start a scenario's labs together (traffic still runs one case at a time)
+
+    @property
+    def side_by_side(self) -> bool:
+        return self.parallel
 
 
 def run_case(scenario: Scenario, case: AppCase, opts: RunOptions, progress: Progress,
@@ -481,16 +508,116 @@ def run_all(opts: RunOptions, progress: Progress, on_result: Callable[[ScenarioR
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.monotonic()
     results: list[ScenarioResult] = []
+    ABORT.clear()
     for scenario in chosen:
-        for case in scenario.cases():
-            if case.app not in apps:
-                continue
-            result = run_case(scenario, case, opts, progress)
-            results.append(result)
-            on_result(result)
+        cases = [c for c in scenario.cases() if c.app in apps]
+        if opts.side_by_side and len(cases) > 1:
+            done = _run_side_by_side(scenario, cases, opts, progress, on_result)
+        else:
+            done = []
+            for case in cases:
+                done.append(run_case(scenario, case, opts, _case_progress(progress, case.key)))
+                on_result(done[-1])
+        results.extend(done)
     inputs = RunInputs(tuple(s.name for s in chosen), tuple(apps), opts.quick, opts.seed, opts.users, opts.lb,
-                       opts.target, str(opts.run_dir))
+                       opts.target, str(opts.run_dir), opts.side_by_side)
     return RunReport(inputs, started_at, time.monotonic() - t0, versions(), tuple(results))
+
+
+TURN_TIMEOUT_S = 600.0
+_case = threading.local()
+
+
+class Turns:
+    """Let a scenario's cases start their labs together but send traffic one at a time, in order.
+
+    Starting labs is most of a case's time and costs little CPU once done; measuring must not
+    overlap, or one app's latency would include the other's load. Case i sends traffic when every
+    lab is up (or failed) and cases 0..i-1 have finished their traffic.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.ready: set[int] = set()
+        self.next = 0
+        self.cv = threading.Condition()
+
+    def lab_ready(self, i: int) -> None:
+        with self.cv:
+            self.ready.add(i)
+            self.cv.notify_all()
+
+    def wait_turn(self, i: int) -> None:
+        with self.cv:
+            self.ready.add(i)
+            self.cv.notify_all()
+            ok = self.cv.wait_for(lambda: ABORT.is_set() or (len(self.ready) >= self.n and self.next >= i),
+                                  timeout=TURN_TIMEOUT_S)
+        if ABORT.is_set():
+            raise KeyboardInterrupt
+        if not ok:
+            raise ScenarioError(f"waited {TURN_TIMEOUT_S:.0f} s for the other cases of this scenario")
+
+    def done(self, i: int) -> None:
+        with self.cv:
+            self.ready.add(i)
+            self.next = max(self.next, i + 1)
+            self.cv.notify_all()
+
+
+def case_lab_ready() -> None:
+    """Tell the runner this thread's case has its lab up (no-op outside side-by-side runs)."""
+    turns = getattr(_case, "turns", None)
+    if turns is not None:
+        turns.lab_ready(_case.index)
+
+
+def case_wait_turn() -> None:
+    """Block until this case may send traffic (no-op outside side-by-side runs)."""
+    turns = getattr(_case, "turns", None)
+    if turns is not None:
+        turns.wait_turn(_case.index)
+
+
+def case_traffic_done() -> None:
+    """Let the next case send traffic (no-op outside side-by-side runs)."""
+    turns = getattr(_case, "turns", None)
+    if turns is not None:
+        turns.done(_case.index)
+
+
+def _run_turn(turns: Turns, i: int, scenario: Scenario, case: AppCase, opts: RunOptions,
+              progress: Progress) -> ScenarioResult:
+    _case.turns, _case.index = turns, i
+    try:
+        return run_case(scenario, case, opts, progress)
+    finally:
+        turns.done(i)
+        _case.turns = None
+
+
+def _case_progress(progress: Progress, key: str) -> Progress:
+    return CaseProgress(progress, key) if hasattr(progress, "case_phase") else progress
+
+
+def _run_side_by_side(scenario: Scenario, cases: Sequence[AppCase], opts: RunOptions, progress: Progress,
+                      on_result: Callable[[ScenarioResult], None]) -> list[ScenarioResult]:
+    """Start every case's lab at once, then let the cases send traffic one after the other (see Turns).
+
+    On Ctrl-C, ABORT tells the cases to stop waiting; we wait for their cleanup before re-raising.
+    """
+    turns = Turns(len(cases))
+    with ThreadPoolExecutor(max_workers=len(cases), thread_name_prefix="statelab-case") as pool:
+        futures = [pool.submit(_run_turn, turns, i, scenario, c, opts, _case_progress(progress, c.key))
+                   for i, c in enumerate(cases)]
+        try:
+            results = [f.result() for f in futures]
+        except BaseException:
+            ABORT.set()
+            raise
+    for r in results:
+        on_result(r)
+    return results
 
 
 def versions() -> tuple[tuple[str, str], ...]:
@@ -510,9 +637,11 @@ def run_from_cli(opts: RunOptions) -> int:
     from statelab.report import scenarios as report
 
     chosen = find_scenarios(opts.scenario)
+    if opts.target and opts.app == "both":
+        raise ConfigError("with --target, say which app that deployment runs: --app stateful or --app stateless")
     opts.run_dir.mkdir(parents=True, exist_ok=True)
     with report.LiveProgress() as progress:
-        run = run_all(opts, progress, on_result=report.case_done, scenarios=chosen)
+        run = run_all(opts, progress, on_result=progress.done, scenarios=chosen)
     report.run_report(run, {s.name: s for s in chosen})
     if opts.json_path:
         journal.write_json(run, opts.json_path)

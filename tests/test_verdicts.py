@@ -48,16 +48,25 @@ def test_rolling_deploy_without_traffic_is_an_error_not_a_finding() -> None:
 
 
 def test_nat_hotspot_uneven_shares_reproduce() -> None:
-    assert NAT.verdict(m(requests=5000, max_mean_ratio=3.6, idle_instances=0)).outcome == "reproduced"
-    assert NAT.verdict(m(requests=5000, max_mean_ratio=1.1, idle_instances=1)).outcome == "reproduced"
+    assert NAT.verdict(m(requests=5000, max_mean_ratio=3.6, idle_instances=0, users_logged_out=0)).outcome == \
+        "reproduced"
+    assert NAT.verdict(m(requests=5000, max_mean_ratio=1.1, idle_instances=1, users_logged_out=0)).outcome == \
+        "reproduced"
+
+
+def test_nat_hotspot_logouts_from_an_ejected_hot_instance_reproduce() -> None:
+    v = NAT.verdict(m(requests=5000, max_mean_ratio=1.1, idle_instances=0, users_logged_out=300))
+    assert v.outcome == "reproduced" and "users_logged_out = 300" in v.explanation
 
 
 def test_nat_hotspot_even_shares_survive() -> None:
-    assert NAT.verdict(m(requests=5000, max_mean_ratio=1.05, idle_instances=0)).outcome == "survived"
+    assert NAT.verdict(m(requests=5000, max_mean_ratio=1.05, idle_instances=0, users_logged_out=0)).outcome == \
+        "survived"
 
 
 def test_nat_hotspot_threshold_is_strict() -> None:
-    assert NAT.verdict(m(requests=5000, max_mean_ratio=1.3, idle_instances=0)).outcome == "reproduced"
+    assert NAT.verdict(m(requests=5000, max_mean_ratio=1.3, idle_instances=0, users_logged_out=0)).outcome == \
+        "reproduced"
 
 
 def test_local_disk_upload_failed_follow_ups_reproduce_and_explain_the_expected_share() -> None:

@@ -59,7 +59,7 @@ def from_json(d: dict[str, Any]) -> RunReport:
     """Rebuild a RunReport from a journal (what an HTML report or a later comparison reads)."""
     i = d["inputs"]
     inputs = RunInputs(tuple(i["scenarios"]), tuple(i["apps"]), i["quick"], i["seed"], i["users"], i["lb"],
-                       i["target"], i["run_dir"])
+                       i["target"], i["run_dir"], i.get("side_by_side", False))
     return RunReport(inputs, d["started_at"], d["wall_s"], tuple(d["versions"].items()),
                      tuple(result_from_json(r) for r in d["results"]))
 

@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -21,14 +22,14 @@ OUTCOME_STYLE = {"reproduced": "bold red", "survived": "bold green", "error": "b
 
 
 class LiveProgress:
-    """Show the current phase and the crowd's live counters while a scenario runs (on stderr).
+    """Show each running case's phase and its crowd's live counters (on stderr).
 
-    On a terminal it is one redrawn block; elsewhere (CI logs, pipes) one line per phase.
+    On a terminal it is one redrawn block (a line per case running now); elsewhere (CI logs, pipes)
+    one printed line per phase.
     """
 
     def __init__(self, refresh_per_s: float = 4.0) -> None:
-        self._phase = "starting"
-        self._counters: Callable[[], str] | None = None
+        self._cases: dict[str, tuple[str, Callable[[], str] | None]] = {}
         self._lock = threading.Lock()
         self._t0 = time.monotonic()
         self._live: Live | None = None
@@ -45,33 +46,43 @@ class LiveProgress:
             self._live.__exit__(None, None, None)
             self._live = None
 
-    def phase(self, text: str) -> None:
+    def case_phase(self, key: str, text: str) -> None:
         with self._lock:
-            self._phase = text
+            self._cases[key] = (text, self._cases.get(key, ("", None))[1])
         if self._live is None:
             err_console.print(f"[dim]{time.monotonic() - self._t0:6.1f}s[/dim] {text}")
 
-    def watch(self, counters: Callable[[], str] | None) -> None:
+    def case_watch(self, key: str, counters: Callable[[], str] | None) -> None:
         with self._lock:
-            self._counters = counters
+            phase = self._cases.get(key, ("", None))[0]
+            self._cases[key] = (phase, counters)
+
+    def phase(self, text: str) -> None:
+        self.case_phase("", text)
+
+    def watch(self, counters: Callable[[], str] | None) -> None:
+        self.case_watch("", counters)
 
     def __rich__(self) -> Group:
         with self._lock:
-            phase, counters = self._phase, self._counters
-        lines = [Text.from_markup(f"[bold cyan]●[/bold cyan] {phase}  [dim]{time.monotonic() - self._t0:.0f}s[/dim]")]
-        if counters is not None:
-            try:
-                lines.append(Text("  " + counters(), style="dim"))
-            except Exception:  # a counter read racing the crowd's shutdown: skip one frame
-                pass
+            cases = list(self._cases.values())
+        lines = [Text.from_markup(f"[dim]running for {time.monotonic() - self._t0:.0f}s[/dim]")]
+        for phase, counters in cases:
+            lines.append(Text.from_markup(f"[bold cyan]●[/bold cyan] {escape(phase)}"))
+            if counters is not None:
+                try:
+                    lines.append(Text("    " + counters(), style="dim"))
+                except Exception:  # a counter read racing the crowd's shutdown: skip one frame
+                    pass
         return Group(*lines)
 
-    def line(self, text: str) -> None:
-        """Print a line above the live block (used for each finished case)."""
-        if self._live is not None:
-            self._live.console.print(text)
-        else:
-            err_console.print(text)
+    def done(self, result: ScenarioResult) -> None:
+        """Drop a finished case's live lines and print its one-line outcome."""
+        key = f"{result.app}-{result.variant}" if result.variant else result.app
+        with self._lock:
+            self._cases.pop(key, None)
+            self._cases.pop("", None)
+        case_done(result)
 
 
 def case_done(result: ScenarioResult) -> None:
