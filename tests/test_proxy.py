@@ -320,6 +320,27 @@ def test_head_response_ends_at_its_head(lab: Lab) -> None:
         assert s.get(lab.url + "/after-head", timeout=TIMEOUT_S).json()["path"] == "/after-head"
 
 
+def test_connection_limit_and_idle_keepalive_timeout(backends: list[tuple[str, str]], tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        lab = start_balancer(stack, tmp_path, backends, max_connections=2, idle_timeout_s=1.0)
+        held = [stack.enter_context(closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)))
+                for _ in range(2)]
+        for s in held:  # two kept-alive clients, each after one request
+            s.sendall(b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        assert raw_exchange(lab.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").startswith(b"HTTP/1.1 503")
+        t0 = time.monotonic()
+        assert held[0].recv(1) == b""  # the idle keep-alive connection is closed by the balancer
+        assert 0.5 < time.monotonic() - t0 < 3.0
+        deadline = time.monotonic() + TIMEOUT_S
+        while True:  # both idle connections are gone, so a new client gets in
+            reply = raw_exchange(lab.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            if reply.startswith(b"HTTP/1.1 200") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert reply.startswith(b"HTTP/1.1 200")
+
+
 def test_pipelined_requests_are_answered_in_order(lab: Lab) -> None:
     payload = b"".join(b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(3))
     payload += b"GET /p3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"

@@ -353,11 +353,6 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         bal = self.bal
-        if len(bal.conns) >= bal.opts.max_connections or bal.closing:
-            transport.write(error_response(503, "too many connections"))
-            transport.close()
-            self.closed = True
-            return
         bal.conns.add(self)
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else ""
@@ -742,6 +737,24 @@ class Client(asyncio.Protocol):
             self.transport.close()
 
 
+class Refused(asyncio.Protocol):
+    """A connection over the limit: answer 503, then close without resetting what the client sent."""
+
+    LINGER_S = 1.0
+
+    def connection_made(self, transport: Any) -> None:
+        transport.write(error_response(503, "too many connections"))
+        transport.write_eof()
+        asyncio.get_running_loop().call_later(self.LINGER_S, transport.close)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        pass  # read and drop: closing with unread data would reset the connection and lose the 503
+
+    def eof_received(self) -> bool | None:
+        return None
+
+
 class Balancer:
     """The proxy's state: options, pool, policy, records, open client connections."""
 
@@ -768,7 +781,7 @@ class Balancer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: Client(self), self.opts.host, self.opts.port,
+        self.server = await loop.create_server(self._protocol, self.opts.host, self.opts.port,
                                                backlog=2048, reuse_address=True)
         if self.opts.admin_port is not None:
             from statelab.balancer.admin import start_admin
@@ -778,6 +791,11 @@ class Balancer:
         self._sweeper = loop.create_task(self._sweep())
         log.info("balancer listening on %s:%d (%s, policy %s, %d backends)", self.opts.host, self.opts.port,
                  type(loop).__module__, self.policy.name, len(self.pool.backends))
+
+    def _protocol(self) -> asyncio.Protocol:
+        if len(self.conns) >= self.opts.max_connections or self.closing:
+            return Refused()
+        return Client(self)
 
     async def _sweep(self) -> None:
         """Enforce the header, idle and backend timeouts without a timer per request."""
