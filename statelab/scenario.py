@@ -285,6 +285,7 @@ class RunReport:
     wall_s: float
     versions: tuple[tuple[str, str], ...]
     results: tuple[ScenarioResult, ...]
+    scenario_wall_s: tuple[tuple[str, float], ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -296,7 +297,8 @@ class RunReport:
     def to_json(self) -> dict[str, object]:
         return {"statelab_journal": 1, "inputs": self.inputs.to_json(), "started_at": self.started_at,
                 "wall_s": round(self.wall_s, 3), "versions": dict(self.versions), "exit_code": self.exit_code,
-                "results": [r.to_json() for r in self.results], "prices": [p.to_json() for p in self.prices()]}
+                "results": [r.to_json() for r in self.results], "prices": [p.to_json() for p in self.prices()],
+                "scenario_wall_s": dict(self.scenario_wall_s)}
 
 
 # --- pure logic: judging, exit codes, prices ------------------------------------------------------
@@ -318,9 +320,12 @@ def judge(m: Measurements, tolerances: Sequence[Tolerance], preconditions: Seque
     if not broken:
         held = ", ".join(f"{c.tolerance.figure} = {_fmt(c.value)}" for c in checks)
         return Verdict("survived", " ".join(s for s in (survived_because, f"Within tolerance: {held}.") if s), checks)
-    worst = "; ".join(f"{c.tolerance.figure} = {_fmt(c.value)} (tolerance {c.tolerance.op} {_fmt(c.tolerance.limit)})"
+    worst = "; ".join(f"{c.tolerance.figure} = {_fmt(c.value)} (tolerance {c.tolerance.op} {_fmt(c.tolerance.limit)}"
+                      + (f": {c.tolerance.why}" if c.tolerance.why and c is not checks[0] else "") + ")"
                       for c in broken)
-    return Verdict("reproduced", " ".join(s for s in (reproduced_because, f"Out of tolerance: {worst}.") if s), checks)
+    # The scenario's story applies when its main tolerance broke; otherwise only the facts do.
+    story = reproduced_because if checks and not checks[0].held else ""
+    return Verdict("reproduced", " ".join(s for s in (story, f"Out of tolerance: {worst}.") if s), checks)
 
 
 def exit_code(results: Iterable[ScenarioResult]) -> int:
@@ -480,6 +485,7 @@ def run_case(scenario: Scenario, case: AppCase, opts: RunOptions, progress: Prog
              clock: Callable[[], float] = time.monotonic) -> ScenarioResult:
     """Run one scenario x app case; turn any failure of the scenario itself into an `error` result."""
     t0 = clock()
+    _case.waited_s = 0.0
     case_dir = (opts.run_dir / scenario.name / case.key).resolve()
     target = Target(opts.target, opts.target_admin) if opts.target else None
     profile = scenario.profile(opts.quick, opts.users)
@@ -492,11 +498,12 @@ def run_case(scenario: Scenario, case: AppCase, opts: RunOptions, progress: Prog
         log.exception("%s on %s failed", scenario.name, case.label)
         reason = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
         return ScenarioResult(scenario.name, case.app, case.variant, "error", case.expect, False, (),
-                              reason, clock() - t0, run_dir=str(case_dir))
+                              reason, clock() - t0 - _case.waited_s, run_dir=str(case_dir))
     finally:
         progress.watch(None)
     return ScenarioResult(scenario.name, case.app, case.variant, v.outcome, case.expect,
-                          matches(v.outcome, case.expect), m.figures, v.explanation, clock() - t0, v.checks,
+                          matches(v.outcome, case.expect), m.figures, v.explanation, clock() - t0 - _case.waited_s,
+                          v.checks,
                           m.latency, m.events, m.series, m.instances, m.notes, str(case_dir))
 
 
@@ -508,8 +515,10 @@ def run_all(opts: RunOptions, progress: Progress, on_result: Callable[[ScenarioR
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.monotonic()
     results: list[ScenarioResult] = []
+    walls: list[tuple[str, float]] = []
     ABORT.clear()
     for scenario in chosen:
+        t_scenario = time.monotonic()
         cases = [c for c in scenario.cases() if c.app in apps]
         if opts.side_by_side and len(cases) > 1:
             done = _run_side_by_side(scenario, cases, opts, progress, on_result)
@@ -519,9 +528,10 @@ def run_all(opts: RunOptions, progress: Progress, on_result: Callable[[ScenarioR
                 done.append(run_case(scenario, case, opts, _case_progress(progress, case.key)))
                 on_result(done[-1])
         results.extend(done)
+        walls.append((scenario.name, round(time.monotonic() - t_scenario, 3)))
     inputs = RunInputs(tuple(s.name for s in chosen), tuple(apps), opts.quick, opts.seed, opts.users, opts.lb,
                        opts.target, str(opts.run_dir), opts.side_by_side)
-    return RunReport(inputs, started_at, time.monotonic() - t0, versions(), tuple(results))
+    return RunReport(inputs, started_at, time.monotonic() - t0, versions(), tuple(results), tuple(walls))
 
 
 TURN_TIMEOUT_S = 600.0
@@ -551,8 +561,10 @@ class Turns:
         with self.cv:
             self.ready.add(i)
             self.cv.notify_all()
+            t0 = time.monotonic()
             ok = self.cv.wait_for(lambda: ABORT.is_set() or (len(self.ready) >= self.n and self.next >= i),
                                   timeout=TURN_TIMEOUT_S)
+            _case.waited_s = getattr(_case, "waited_s", 0.0) + time.monotonic() - t0
         if ABORT.is_set():
             raise KeyboardInterrupt
         if not ok:
@@ -588,7 +600,7 @@ def case_traffic_done() -> None:
 
 def _run_turn(turns: Turns, i: int, scenario: Scenario, case: AppCase, opts: RunOptions,
               progress: Progress) -> ScenarioResult:
-    _case.turns, _case.index = turns, i
+    _case.turns, _case.index, _case.waited_s = turns, i, 0.0
     try:
         return run_case(scenario, case, opts, progress)
     finally:

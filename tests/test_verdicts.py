@@ -201,3 +201,43 @@ def test_hit_ratio_over_a_window_and_from_zero() -> None:
                s(1.0, "b", (("cache_hits", 1.0), ("cache_misses", 3.0)))]
     assert measure.hit_ratio(samples, 0.0, 1.0, ["a"]) == pytest.approx(1.0)
     assert measure.hit_ratio(samples, 0.0, 1.0, ["b"], from_zero=True) == pytest.approx(0.25)
+
+
+def test_the_story_is_told_only_when_the_main_tolerance_broke() -> None:
+    v = COLD_CACHE.verdict(m(baseline_db_qps=40.0, instances_after=6, db_load_ratio=1.1, failed_requests=3))
+    assert v.outcome == "reproduced"
+    assert "empty cache" not in v.explanation and "failed_requests = 3" in v.explanation
+
+
+# --- side-by-side labs, one case's traffic at a time ------------------------------------------------
+
+def test_turns_let_cases_send_traffic_in_order_after_every_lab_is_up() -> None:
+    import threading
+    import time
+
+    from statelab.scenario import Turns
+
+    turns, order, lock = Turns(3), [], threading.Lock()
+
+    def case(i: int, start_delay: float) -> None:
+        time.sleep(start_delay)  # labs come up in any order
+        turns.lab_ready(i)
+        turns.wait_turn(i)
+        with lock:
+            order.append(i)
+        turns.done(i)
+
+    threads = [threading.Thread(target=case, args=(i, d)) for i, d in ((0, 0.05), (1, 0.0), (2, 0.02))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2]
+
+
+def test_a_case_whose_lab_failed_does_not_block_the_others() -> None:
+    from statelab.scenario import Turns
+
+    turns = Turns(2)
+    turns.done(0)  # case 0 broke before its lab was up
+    turns.wait_turn(1)  # returns at once

@@ -61,7 +61,8 @@ def from_json(d: dict[str, Any]) -> RunReport:
     inputs = RunInputs(tuple(i["scenarios"]), tuple(i["apps"]), i["quick"], i["seed"], i["users"], i["lb"],
                        i["target"], i["run_dir"], i.get("side_by_side", False))
     return RunReport(inputs, d["started_at"], d["wall_s"], tuple(d["versions"].items()),
-                     tuple(result_from_json(r) for r in d["results"]))
+                     tuple(result_from_json(r) for r in d["results"]),
+                     tuple((k, float(v)) for k, v in d.get("scenario_wall_s", {}).items()))
 
 
 def junit_xml(run: RunReport) -> ET.Element:

@@ -123,7 +123,7 @@ def scenario_table(scenario: str, results: Sequence[ScenarioResult]) -> Table:
         expected = f" (expected {r.expected})" if r.expected else " (not judged)"
         verdicts.append(f"[{style}]{r.outcome}[/{style}]{expected if not r.matched or not r.expected else ''}")
     table.add_row("[bold]verdict[/bold]", *verdicts, end_section=True)
-    table.add_row("wall time", *[f"{r.wall_s:.1f} s" for r in results])
+    table.add_row("case time (lab start, run, stop)", *[f"{r.wall_s:.1f} s" for r in results])
     return table
 
 
@@ -134,10 +134,12 @@ def run_report(run: RunReport, scenarios: Mapping[str, Scenario]) -> None:
         if r.scenario not in order:
             order.append(r.scenario)
     prices = {p.scenario: p for p in run.prices()}
+    walls = dict(run.scenario_wall_s)
     for name in order:
         results = [r for r in run.results if r.scenario == name]
         sc = scenarios.get(name)
-        console.rule(f"[bold]{sc.title if sc else name}[/bold]  [dim]{name}[/dim]")
+        wall = f"  [dim]{walls[name]:.1f} s[/dim]" if name in walls else ""
+        console.rule(f"[bold]{sc.title if sc else name}[/bold]  [dim]{name}[/dim]{wall}")
         if sc:
             console.print(f"[dim]{sc.summary}[/dim]")
         console.print(scenario_table(name, results))
@@ -176,6 +178,8 @@ def summary(run: RunReport) -> None:
         table.add_row(r.scenario, r.label, f"[{style}]{r.outcome}[/{style}]", r.expected or "-", matched,
                       f"{r.wall_s:.1f} s")
     console.print(table)
+    if run.scenario_wall_s:
+        console.print("wall time per scenario: " + ", ".join(f"{n} {w:.1f} s" for n, w in run.scenario_wall_s))
     code = run.exit_code
     word = {0: "[green]every result matched its expectation[/green]",
             1: "[yellow]some results deviated from their expectation[/yellow]",
