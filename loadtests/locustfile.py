@@ -23,7 +23,7 @@ import itertools
 import os
 import random
 import time
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 import locust.stats
@@ -97,6 +97,8 @@ def _zipf_cumulative(n: int, s: float = 1.1) -> list[float]:
     return out
 
 
+# Uploads are text (letters, spaces, newlines) so the apps' line and word counts mean something.
+_TEXT_BYTES = bytes((b"abcdefghijklmnopqrstuvwxyz" * 8 + b" " * 40 + b"\n" * 8)[:256])
 _PRODUCT_IDS = list(range(1, PRODUCTS + 1))
 _ZIPF_CUMULATIVE = _zipf_cumulative(PRODUCTS)
 _user_numbers = itertools.count()
@@ -137,11 +139,13 @@ class LabUser(HttpUser):
         return {"Authorization": f"Bearer {self.access_token}"} if self.access_token else {}
 
     def call(self, method: str, path: str, name: str | None = None, expect: tuple[int, ...] = (200,),
-             missing: str | None = None, **kwargs: Any) -> Any:
-        """Send one request and judge it; return the response if it is one of `expect`, else None.
+             missing: str | None = None, check: Callable[[Any], str | None] | None = None,
+             **kwargs: Any) -> Any:
+        """Send one request and judge it; return the response if it passed, else None.
 
         A 401 while logged in is "logged out" (after a failed JWT refresh); a 404 is `missing`
-        when given (the thing this user made is gone). Connection errors stay Locust's own.
+        when given (the thing this user made is gone); `check` may fail an expected response with
+        a message ("cart lost"). Connection errors stay Locust's own.
         """
         retried = False
         while True:
@@ -149,6 +153,10 @@ class LabUser(HttpUser):
                                      headers=self._headers(), **kwargs) as resp:
                 status = resp.status_code
                 if status in expect:
+                    problem = check(resp) if check else None
+                    if problem:
+                        resp.failure(problem)
+                        return None
                     resp.success()
                     return resp
                 if status == 0:
@@ -213,30 +221,21 @@ class LabUser(HttpUser):
 
     def check_cart(self) -> None:
         """Compare the server's cart with what this user added; a shortfall is "cart lost"."""
-        with self.client.get("/cart", name="/cart", headers=self._headers(), catch_response=True) as resp:
-            if resp.status_code == 401 and self.logged_in:
-                resp.failure("logged out")
-                self.logged_in = False
-                return
-            if resp.status_code != 200:
-                if resp.status_code:
-                    resp.failure(f"HTTP {resp.status_code}")
-                return
-            shown: dict[int, int] = {}
-            for item in _json(resp).get("items", []):
-                shown[int(item["product_id"])] = shown.get(int(item["product_id"]), 0) + int(item["qty"])
-            lost = sum(max(0, qty - shown.get(pid, 0)) for pid, qty in self.cart.items())
-            self.cart = shown  # the server is the truth from here on: each loss is reported once
-            if lost:
-                resp.failure("cart lost")
-            else:
-                resp.success()
+        self.call("GET", "/cart", check=self._cart_shortfall)
+
+    def _cart_shortfall(self, resp: Any) -> str | None:
+        shown: dict[int, int] = {}
+        for item in _json(resp).get("items", []):
+            shown[int(item["product_id"])] = shown.get(int(item["product_id"]), 0) + int(item["qty"])
+        lost = sum(max(0, qty - shown.get(pid, 0)) for pid, qty in self.cart.items())
+        self.cart = shown  # the server is the truth from here on: each loss is reported once
+        return "cart lost" if lost else None
 
     def upload(self) -> None:
-        """Upload a file, process it, wait for the job, fetch the file back and compare."""
-        data = self.rng.randbytes(self.rng.randint(1024, 16 * 1024))
+        """Upload a text file, process it, wait for the job, fetch the file back and compare."""
+        data = self.rng.randbytes(self.rng.randint(1024, 16 * 1024)).translate(_TEXT_BYTES)
         resp = self.call("POST", "/uploads", expect=(200, 201),
-                         files={"file": (f"u{self.index}.bin", data, "application/octet-stream")})
+                         files={"file": (f"u{self.index}.txt", data, "text/plain")})
         key = _json(resp).get("key") if resp is not None else None
         if not key:
             return
@@ -245,23 +244,13 @@ class LabUser(HttpUser):
         job_id = _json(resp).get("job_id") if resp is not None else None
         if job_id:
             self.wait_for_job(str(job_id))
-        with self.client.get(f"/uploads/{key}", name="/uploads/[key]", headers=self._headers(),
-                             catch_response=True) as got:
-            if got.status_code == 404:
-                got.failure("upload missing")
-            elif got.status_code == 401 and self.logged_in:
-                got.failure("logged out")
-                self.logged_in = False
-            elif got.status_code == 200 and got.content != data:
-                got.failure("upload corrupt")
-            elif got.status_code == 200:
-                got.success()
-            elif got.status_code:
-                got.failure(f"HTTP {got.status_code}")
+        if self.logged_in:
+            self.call("GET", f"/uploads/{key}", "/uploads/[key]", missing="upload missing",
+                      check=lambda got: None if got.content == data else "upload corrupt")
 
     def wait_for_job(self, job_id: str) -> None:
         deadline = time.monotonic() + JOB_DEADLINE_S
-        while time.monotonic() < deadline:
+        while self.logged_in and time.monotonic() < deadline:
             resp = self.call("GET", f"/jobs/{job_id}", "/jobs/[id]", missing="job missing")
             status = _json(resp).get("status") if resp is not None else "gone"
             if status in ("done", "failed", "gone"):
@@ -284,6 +273,7 @@ class Shopper(LabUser):
     def review(self) -> None:
         if self.ensure_login():
             self.check_cart()
+        if self.logged_in:
             self.call("GET", "/me")
 
 

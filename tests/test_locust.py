@@ -64,6 +64,14 @@ def test_no_running_lab_is_a_clear_error(tmp_path: Path) -> None:
         lab_target(tmp_path / "missing.json")
 
 
+def test_statelab_load_without_a_lab_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from statelab.cli import main
+
+    assert main(["load", "--state-file", str(tmp_path / "lab.json")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "no running lab found" in err and "statelab up" in err and "--host" in err
+
+
 def test_load_shapes_scale_with_the_base_user_count() -> None:
     """Evaluate the shapes' phases in a subprocess (importing locust here would patch this process)."""
     code = (
