@@ -42,7 +42,7 @@ class Lab:
     tokens: Tokens | None  # None in session mode
 
     def close(self) -> None:
-        """Release the pool and the job threads (tests; gunicorn just exits)."""
+        """Release the database pool and the Redis connections (tests; gunicorn just exits)."""
         self.jobs.close()
         self.db.close()
         self.redis.close()
