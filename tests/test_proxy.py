@@ -181,6 +181,41 @@ def test_cookie_policy_inserts_sticks_and_reroutes_on_drain(backends: list[tuple
             assert moved.headers["Set-Cookie"] == f"LAB_BACKEND={moved.json()['id']}; path=/"
 
 
+def ids_from(lab: Lab, source: str, n: int, headers: dict[str, str] | None = None) -> set[str]:
+    """Send n requests from a given loopback source address; return the backends that answered."""
+    conn = http.client.HTTPConnection("127.0.0.1", lab.port, timeout=TIMEOUT_S, source_address=(source, 0))
+    try:
+        return {get_json(conn, "/", headers)[1]["id"] for _ in range(n)}
+    finally:
+        conn.close()
+
+
+def test_ip_hash_sticks_per_full_address(backends: list[tuple[str, str]], tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        lab = start_balancer(stack, tmp_path, backends, policy="ip-hash")
+        seen = [ids_from(lab, f"127.0.0.{i}", 3) for i in range(1, 17)]  # one /24: nginx would pin them all
+        assert all(len(ids) == 1 for ids in seen)
+        assert set().union(*seen) == {"app-1", "app-2"}
+
+
+def test_ip_hash_on_forwarded_for_when_trusted(backends: list[tuple[str, str]], tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        lab = start_balancer(stack, tmp_path, backends, policy="ip-hash", trust_forwarded_for=True)
+        seen = [ids_from(lab, "127.0.0.1", 3, {"X-Forwarded-For": f"198.51.100.{i}, 10.0.0.1"}) for i in range(16)]
+        assert all(len(ids) == 1 for ids in seen)
+        assert set().union(*seen) == {"app-1", "app-2"}
+
+
+@pytest.mark.parametrize("policy", ["least-connections", "consistent-hash", "p2c", "cookie", "round-robin"])
+def test_policy_switches_live(lab: Lab, policy: str) -> None:
+    r = requests.put(lab.admin + "/policy", json={"policy": policy}, timeout=TIMEOUT_S)
+    assert r.json() == {"policy": policy}
+    with requests.Session() as s:
+        assert all(s.get(lab.url + "/", timeout=TIMEOUT_S).status_code == 200 for _ in range(6))
+    doc = requests.get(lab.admin + "/backends", timeout=TIMEOUT_S).json()
+    assert doc["policy"] == policy and sum(b["requests"] for b in doc["backends"]) == 6
+
+
 def test_drain_lets_in_flight_finish_and_sends_new_requests_elsewhere(lab: Lab) -> None:
     results: dict[str, Any] = {}
 
