@@ -67,7 +67,7 @@ class ColdCacheAutoscale:
 
     def profile(self, quick: bool, users: int | None) -> Profile:
         base = scale_profile(120, quick, 40, users)
-        return Profile(users=base, instances=2, phase_s=2.5 if quick else 6.0,
+        return Profile(users=base, instances=2, phase_s=2.0 if quick else 6.0,
                        extra=(("spike_users", base * 2 if quick else base * 3), ("scale_to", 6),
                               ("think_s", 0.4 if quick else 0.5)),
                        seed_users=200)
@@ -85,7 +85,7 @@ class ColdCacheAutoscale:
             h.phase("steady browsing on warm instances", f"{profile.users} users")
             h.hold(1.0, crowd)
             t_cold = h.stats.sample() - h.t0  # the cache's own cold start, same for every column
-            h.hold(max(0.5, profile.phase_s * 2 - 1.0), crowd)
+            h.hold(max(0.5, profile.phase_s - 1.0), crowd)
             t_base0 = h.stats.sample() - h.t0
             h.hold(profile.phase_s, crowd)
             t_spike = h.stats.sample() - h.t0

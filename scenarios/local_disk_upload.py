@@ -157,7 +157,7 @@ class LocalDiskUpload:
 
     def profile(self, quick: bool, users: int | None) -> Profile:
         n = scale_profile(150, quick, 40, users)
-        return Profile(users=n, instances=3, phase_s=3.0 if quick else 8.0,
+        return Profile(users=n, instances=3, phase_s=2.5 if quick else 8.0,
                        extra=(("think_s", 0.5 if quick else 1.0),), seed_users=max(n, 200))
 
     def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,

@@ -59,7 +59,7 @@ class NatHotspot:
     def profile(self, quick: bool, users: int | None) -> Profile:
         nat = scale_profile(2000, quick, 400, users)
         distinct = max(10, nat * 3 // 20)
-        return Profile(users=nat + distinct, instances=4, phase_s=4.0 if quick else 10.0,
+        return Profile(users=nat + distinct, instances=4, phase_s=3.5 if quick else 10.0,
                        extra=(("nat_users", nat), ("distinct_users", distinct), ("think_s", 3.0 if quick else 4.0)),
                        seed_users=nat + distinct)
 

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import requests
 
@@ -40,10 +40,10 @@ class Hit:
 
 
 class RecordSource(Protocol):
-    def records(self, since: int = 0) -> tuple[int, list]: ...  # type: ignore[type-arg]
+    def records(self, since: int) -> tuple[int, Sequence[object]]: ...
 
 
-def _get(rec: object, name: str, default: object = None) -> object:
+def _get(rec: object, name: str, default: Any = None) -> Any:
     return rec.get(name, default) if isinstance(rec, dict) else getattr(rec, name, default)
 
 
