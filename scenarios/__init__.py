@@ -20,7 +20,9 @@ from statelab.scenario import (ABORT, AppCase, Event, Progress, Series, Target, 
 from statelab.topology import Lab, LabSpec
 from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
 
-HEALTH_INTERVAL_S = 0.2
+# Short, so a deploy or a scale-out is not spent waiting for health checks. (The builtin balancer
+# also uses it as the check's timeout; scenarios that saturate instances on purpose pass a longer one.)
+HEALTH_INTERVAL_S = 0.25
 
 
 class _PerInstanceDiskLab(Lab):
@@ -84,13 +86,14 @@ class Harness:
     # --- setup ----------------------------------------------------------------------------------
 
     def start_lab(self, instances: int, policy: str, threads: int = 8, seed_users: int = 5000,
-                  per_instance_disk: bool = False, job_workers: int = 1) -> Lab:
+                  per_instance_disk: bool = False, job_workers: int = 1,
+                  health_interval_s: float = HEALTH_INTERVAL_S) -> Lab:
         """Start a fresh lab for this case (stores, seed, instances, balancer)."""
         if self.target is not None:
             raise ScenarioError("not supported with --target: this scenario starts, restarts or scales its own "
                                 "processes (run it without --target)")
         spec = LabSpec(app=self.app.app, instances=instances, policy=policy, lb=self.lb, run_dir=self.run_dir,
-                       threads=threads, health_interval_s=HEALTH_INTERVAL_S, seed_users=seed_users,
+                       threads=threads, health_interval_s=health_interval_s, seed_users=seed_users,
                        app_env=self.app.env, job_workers=job_workers)
         lab = (_PerInstanceDiskLab if per_instance_disk else Lab)(spec)
         self._lab_wall0 = time.time()

@@ -18,6 +18,9 @@ EXPECT = {"stateful": "reproduced", "stateless": "survived"}
 POLICY = {"stateful": "ip-hash", "stateless": "round-robin"}
 IDLE_SHARE = 0.02  # an instance serving under 2% of requests is effectively idle
 THREADS = 4  # finite capacity per instance, so a hot spot shows up as latency
+# A busy instance answers its health check late; with a check timeout under a second the hot
+# instance would flap in and out of rotation and drag its NAT along (a real failure, but not this one).
+HEALTH_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ class NatHotspot:
         with Harness(app, run_dir, progress, lb, target) as h:
             backends: list[str] = []
             if target is None:
-                lab = h.start_lab(profile.instances, POLICY[app.app], threads=THREADS, seed_users=profile.seed_users)
+                lab = h.start_lab(profile.instances, POLICY[app.app], threads=THREADS, seed_users=profile.seed_users,
+                                  health_interval_s=HEALTH_CHECK_S)
                 backends = [i.id for i in lab.status().instances]
             else:
                 backends = [bid for bid, _ in h.target_backends()]
