@@ -44,14 +44,21 @@ class _PhasedShape(LoadTestShape):
     phases: tuple[Phase, ...] = ()
     repeat = False  # True: start again after the last phase (for a web UI session of any length)
 
+    def _options(self) -> object:
+        return self.runner.environment.parsed_options if self.runner else None
+
     def _base(self) -> tuple[int, float]:
-        options = self.runner.environment.parsed_options if self.runner else None
+        options = self._options()
         users = int(getattr(options, "num_users", 0) or 10)
         rate = float(getattr(options, "spawn_rate", 0) or 10)
         return users, rate
 
     def tick(self) -> tuple[int, float] | None:
         t_s = self.get_run_time()
+        # Headless Locust applies --run-time only after a shape has ended: the shape honours it itself.
+        limit_s = getattr(self._options(), "run_time", None)
+        if limit_s and t_s >= float(limit_s):
+            return None
         if self.repeat and self.phases:
             t_s %= self.phases[-1].until_s
         phase = phase_at(self.phases, t_s)

@@ -166,6 +166,17 @@ def test_users_share_source_addresses_as_configured_and_report_lost_carts(
     assert code == 1 and summary.failures_matching("cart lost") > 0  # this shop forgets every cart
 
 
+@pytest.mark.live
+def test_a_load_shape_runs_and_stops_at_the_run_time(recorder: tuple[str, dict[str, int]], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    url, _ = recorder
+    monkeypatch.setenv("LAB_LOCUST_SHAPE", "spike")
+    started = time.monotonic()
+    code, summary = _run(LoadOptions(host=url, run_dir=tmp_path, users=4, spawn_rate=20, run_time="3s"))
+    assert time.monotonic() - started < 15, "Locust ignores --run-time while a shape runs unless the shape stops"
+    assert summary.total.requests > 0 and code in (0, 1)
+
+
 # --- Locust against real labs, during a rolling deploy -------------------------------------------
 
 def _wait_for(opts: LoadOptions, what: str, done: Callable[[LoadSummary], bool]) -> LoadSummary:
