@@ -320,6 +320,7 @@ def test_smuggling_shapes_get_400_and_close(lab: Lab, name: str) -> None:
 def test_slowloris_head_times_out(lab: Lab) -> None:
     with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
         t0 = time.monotonic()
+        s.settimeout(None)  # blocking mode, so MSG_DONTWAIT really does not wait (the loop is bounded)
         s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")
         while time.monotonic() - t0 < 4.0:  # keep trickling until the balancer answers
             try:
@@ -331,11 +332,27 @@ def test_slowloris_head_times_out(lab: Lab) -> None:
                 continue
             except OSError:
                 break
+        s.settimeout(TIMEOUT_S)
         reply = s.recv(4096)
         assert reply.startswith(b"HTTP/1.1 408"), reply
         assert time.monotonic() - t0 < 3.0
     with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as idle:
         assert idle.recv(4096).startswith(b"HTTP/1.1 408")  # saying nothing at all times out too
+    with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+        s.sendall(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")  # one good request, then a trickled head
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        t0 = time.monotonic()
+        reply = b""
+        s.settimeout(None)  # blocking mode, so MSG_DONTWAIT really does not wait (the loop is bounded)
+        while time.monotonic() - t0 < 4.0 and not reply:
+            try:
+                s.sendall(b"X")
+                time.sleep(0.2)
+                reply = s.recv(4096, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert time.monotonic() - t0 < 3.0
 
 
 def test_stalled_upload_times_out(lab: Lab) -> None:

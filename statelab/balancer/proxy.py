@@ -452,8 +452,8 @@ class Client(asyncio.Protocol):
             return
         if len(data) > self.bal.max_header_bytes:
             return self.reject(431, "request head too large")
-        if self.line is not None and not self.buf:
-            self.t_head = _now()  # a keep-alive connection starts its next head now
+        if self.line is not None and self.t_head < self.t_idle:
+            self.t_head = _now()  # the first piece of the next head on a keep-alive connection
         self.buf = data
 
     def _request(self, data: bytes, end: int) -> None:
