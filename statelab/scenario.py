@@ -495,8 +495,12 @@ def run_case(scenario: Scenario, case: AppCase, opts: RunOptions, progress: Prog
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # the scenario broke: report it as an error, never as a finding
-        log.exception("%s on %s failed", scenario.name, case.label)
-        reason = str(exc) if isinstance(exc, LabError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, LabError):  # a message written for the user; the report shows it
+            log.info("%s on %s: %s", scenario.name, case.label, exc)
+            reason = str(exc)
+        else:
+            log.exception("%s on %s failed", scenario.name, case.label)
+            reason = f"{type(exc).__name__}: {exc}"
         return ScenarioResult(scenario.name, case.app, case.variant, "error", case.expect, False, (),
                               reason, clock() - t0 - _case.waited_s, run_dir=str(case_dir))
     finally:
