@@ -272,6 +272,16 @@ def test_backend_dying_gives_502_json_or_a_closed_connection(tmp_path: Path) -> 
         assert lab.proc.alive()
 
 
+def test_silent_backend_gives_504(backends: list[tuple[str, str]], tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        lab = start_balancer(stack, tmp_path, backends, backend_timeout_s=0.5)
+        t0 = time.monotonic()
+        r = requests.get(lab.url + "/slow?sleep=3", timeout=TIMEOUT_S)
+        assert r.status_code == 504 and "error" in r.json()
+        assert time.monotonic() - t0 < 2.0
+        assert requests.get(lab.url + "/fast", timeout=TIMEOUT_S).status_code == 200
+
+
 def test_10mib_upload_is_streamed_not_buffered(lab: Lab) -> None:
     size = 10 * 1024 * 1024
     rss_before = lab.rss()

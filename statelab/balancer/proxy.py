@@ -808,7 +808,8 @@ class Balancer:
                     up = c.up
                     if (c.body_left or c.chunks is not None) and not c.rpause and now - c.t_head > o.body_timeout_s:
                         c.reject(408, "request body stalled")
-                    elif up is not None and up.nbytes == 0 and now - c.t0 > o.backend_timeout_s:
+                    elif (up is not None and up.nbytes == 0 and not c.body_left and c.chunks is None
+                          and now - max(c.t0, c.t_head) > o.backend_timeout_s):  # from the last request byte
                         up.backend.errors += 1
                         c.reject(504, f"backend {up.backend.id} did not answer in {o.backend_timeout_s:g} s")
                 elif c.buf or c.line is None:
