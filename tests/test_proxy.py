@@ -39,6 +39,10 @@ class P(asyncio.Protocol):
         if self.url.startswith(b"/die-before"): os._exit(1)
     def on_message_complete(self):
         url = self.url.decode()
+        if url.startswith("/big"):
+            size = int(url.split("mb=")[1]) << 20
+            self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size)
+            return
         if url.startswith("/die-mid"):
             self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial"); os._exit(1)
         doc = {"id": ID, "path": url, "headers": self.headers, "body": self.body, "pieces": self.pieces,
@@ -291,6 +295,23 @@ def test_10mib_upload_is_streamed_not_buffered(lab: Lab) -> None:
         assert r.status_code == 200 and doc["body"] == size
         assert doc["pieces"] > 10 and doc["biggest"] < size // 4  # arrived in pieces
     assert lab.rss() - rss_before < 6 * 1024 * 1024
+
+
+def test_big_download_to_a_slow_client_is_not_buffered(lab: Lab) -> None:
+    size = 24 << 20
+    rss_before = lab.rss()
+    with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.sendall(b"GET /big?mb=24 HTTP/1.1\r\nHost: a\r\n\r\n")
+        got = len(s.recv(65536))
+        time.sleep(1.0)  # the client stalls: the balancer must stop reading from the backend
+        stalled_growth = lab.rss() - rss_before
+        while got < size:
+            b = s.recv(1 << 20)
+            assert b, "connection closed early"
+            got += len(b)
+    assert got >= size
+    assert stalled_growth < 8 << 20
 
 
 SMUGGLING = {
