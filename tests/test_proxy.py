@@ -43,6 +43,12 @@ class P(asyncio.Protocol):
             size = int(url.split("mb=")[1]) << 20
             self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size)
             return
+        if url.startswith("/chunked"):
+            self.t.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for part in (b"one,", b"two,", b"three"):
+                self.t.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.t.write(b"0\r\n\r\n")
+            return
         if url.startswith("/die-mid"):
             self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial"); os._exit(1)
         doc = {"id": ID, "path": url, "headers": self.headers, "body": self.body, "pieces": self.pieces,
@@ -295,6 +301,19 @@ def test_10mib_upload_is_streamed_not_buffered(lab: Lab) -> None:
         assert r.status_code == 200 and doc["body"] == size
         assert doc["pieces"] > 10 and doc["biggest"] < size // 4  # arrived in pieces
     assert lab.rss() - rss_before < 6 * 1024 * 1024
+
+
+def test_chunked_response_passes_through_and_the_connection_is_reused(lab: Lab) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", lab.port, timeout=TIMEOUT_S)
+    try:
+        for _ in range(3):
+            conn.request("GET", "/chunked")
+            resp = conn.getresponse()
+            assert resp.getheader("Transfer-Encoding") == "chunked" and resp.read() == b"one,two,three"
+        sock = conn.sock
+        assert get_json(conn, "/after")[1]["path"] == "/after" and conn.sock is sock
+    finally:
+        conn.close()
 
 
 def test_big_download_to_a_slow_client_is_not_buffered(lab: Lab) -> None:
