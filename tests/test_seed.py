@@ -74,4 +74,5 @@ def test_product_aggregate_does_a_few_ms_of_real_work(seed_db: str) -> None:
             assert row is not None and row[1] > 100
     median_ms = sorted(timings)[len(timings) // 2]
     print(f"\nproduct aggregate: median {median_ms:.1f} ms over {len(timings)} products")
-    assert 1.0 < median_ms < 100.0
+    overload = max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))  # see the seed budget above
+    assert 1.0 < median_ms < 50.0 * overload
