@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web", action="store_true", help="open the Locust web UI instead of running headless")
     p.add_argument("--run-time", default="30s", help="headless run time (default: 30s)")
     p.add_argument("--users-per-address", type=int, default=1, help="users sharing one source address (NAT)")
+    p.add_argument("--shape", choices=("warm-up", "steady", "spike", "phases"),
+                   help="a load shape instead of a flat --users (loadtests/shapes.py)")
     p.add_argument("--host", help="target URL (default: the running lab's balancer)")
     _add_state_file(p)
     p.set_defaults(func=cmd_load)
@@ -159,6 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from statelab.control import ControlServer, write_state_file
+    from statelab.dashboard import Dashboard
     from statelab.report import lab as report
     from statelab.topology import Lab, LabSpec
 
@@ -168,14 +171,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _on_signals(lambda: stop.set())
     lab = Lab(spec)
-    control = dashboard = None
+    control: ControlServer | None = None
+    dashboard: Dashboard | None = None
     try:
         lab.start(progress=report.progress)
         control = ControlServer(lab).start()
         dashboard_url = None
         if not args.no_dashboard:
-            dashboard = _start_dashboard(lab, control.url)
-            dashboard_url = dashboard.url if dashboard else None
+            dashboard = Dashboard(lab, control.url).start()
+            dashboard_url = dashboard.url
         write_state_file(args.state_file, lab, control.url, dashboard_url)
         status = lab.status().to_json()
         status.update(control_url=control.url, dashboard_url=dashboard_url)
@@ -193,15 +197,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         lab.stop()
         args.state_file.unlink(missing_ok=True)
     return EXIT_OK
-
-
-def _start_dashboard(lab: object, control_url: str) -> object | None:
-    """Serve the live dashboard if that part of the lab is installed."""
-    try:
-        from statelab.dashboard import Dashboard
-    except ImportError:
-        return None
-    return Dashboard(lab, control_url).start()
 
 
 def _control(args: argparse.Namespace, method: str, path: str, body: dict[str, object] | None = None) -> int:

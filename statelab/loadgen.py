@@ -17,7 +17,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
 import requests
 
@@ -49,6 +48,7 @@ class LoadOptions:
     web_port: int = WEB_PORT
     users_per_address: int = 1
     accounts: int | None = None  # seeded accounts to spread users over (locustfile default: 5000)
+    shape: str | None = None  # a load shape from loadtests/shapes.py (warm-up, steady, spike, phases)
 
     @property
     def csv_prefix(self) -> Path:
@@ -123,6 +123,8 @@ def locust_env(opts: LoadOptions) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LAB_LOCUST_USERS_PER_ADDRESS": str(opts.users_per_address)}
     if opts.accounts:
         env["LAB_LOCUST_ACCOUNTS"] = str(opts.accounts)
+    if opts.shape:
+        env["LAB_LOCUST_SHAPE"] = opts.shape
     return env
 
 
@@ -224,7 +226,7 @@ def run_locust(args: argparse.Namespace) -> int:
     check_answers(host)
     opts = LoadOptions(host=host, run_dir=lab_run_dir / f"load-{time.strftime('%Y%m%d-%H%M%S')}",
                        users=args.users, spawn_rate=args.spawn_rate, run_time=None if args.web else args.run_time,
-                       web=args.web, users_per_address=args.users_per_address)
+                       web=args.web, users_per_address=args.users_per_address, shape=args.shape)
     report.progress(f"Locust against {host}: {opts.users} users, {opts.users_per_address} per source address "
                     f"(log: {opts.log_path})")
     proc = start_locust(opts)
@@ -240,7 +242,7 @@ def run_locust(args: argparse.Namespace) -> int:
     if code not in (EXIT_OK, EXIT_FAILURES):
         raise ServiceFailed(f"Locust exited with code {code} (log: {opts.log_path})", log_tail(opts.log_path))
     if Path(f"{opts.csv_prefix}_stats.csv").exists():
-        _print_summary(report, read_summary(opts.csv_prefix), opts.csv_prefix)
+        report.load_summary(read_summary(opts.csv_prefix), opts.csv_prefix)
     return code
 
 
@@ -259,22 +261,6 @@ def _wait_until_interrupted(proc: ManagedProcess) -> int:
     code = proc.stop()
     # Stopped by us, Locust exits 1 when its users saw failures and -15/0 otherwise.
     return code if code in (EXIT_OK, EXIT_FAILURES) else EXIT_OK
-
-
-def _print_summary(report: ModuleType, summary: LoadSummary, csv_prefix: Path) -> None:
-    from rich.markup import escape  # request names like /products/[id] are not markup
-
-    t = summary.total
-    report.line(f"{t.requests} requests, {t.failures} failed, {t.rps:.1f} req/s, "
-                f"median {t.median_ms:.0f} ms, p95 {t.p95_ms:.0f} ms")
-    for r in summary.requests:
-        report.line(escape(f"  {r.method:<4} {r.name:<22} {r.requests:>6} req {r.failures:>5} failed  "
-                           f"p50 {r.median_ms:>4.0f} ms  p95 {r.p95_ms:>4.0f} ms"))
-    if summary.failures:
-        report.line("What users saw go wrong:")
-        for f in sorted(summary.failures, key=lambda f: -f.occurrences):
-            report.line(escape(f"  {f.occurrences:>6} x {f.error}  ({f.method} {f.name})"))
-    report.line(escape(f"CSV files: {csv_prefix}_*.csv"))
 
 
 __all__ = ["LoadOptions", "LoadSummary", "RequestStats", "FailureStats", "run_locust", "start_locust",

@@ -7,6 +7,7 @@ independent services first and wait for readiness afterwards, so they come up in
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -16,7 +17,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 from statelab.config import Secret
 from statelab.errors import DependencyMissing, ServiceFailed
@@ -31,6 +32,8 @@ POSTGRES_USER = "lab"
 POSTGRES_DB = "statelab"
 JOB_QUEUE = "statelab-jobs"
 READY_TIMEOUT_S = 20.0
+START_ATTEMPTS = 3
+PORT_CLASH = ("address already in use", "not available", "bind: address", "Address already in use")
 
 
 @dataclass
@@ -42,9 +45,22 @@ class Service:
     url: str
     cleanup_dirs: list[Path] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
+    respawn: Callable[[], "Service"] | None = None  # start again on fresh ports
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> "Service":
-        self.process.wait_ready(timeout_s)
+        """Wait until ready; if a port picked as free was taken meanwhile, start again on fresh ports."""
+        for attempt in range(START_ATTEMPTS):
+            try:
+                self.process.wait_ready(timeout_s)
+                return self
+            except ServiceFailed as exc:
+                clash = any(text in exc.log_tail for text in PORT_CLASH)
+                if not clash or self.respawn is None or attempt == START_ATTEMPTS - 1:
+                    raise
+                self.stop()
+                fresh = self.respawn()
+                self.process, self.url, self.extra = fresh.process, fresh.url, fresh.extra
+                self.cleanup_dirs = fresh.cleanup_dirs
         return self
 
     def stop(self) -> None:
@@ -132,7 +148,8 @@ def start_redis(run_dir: Path, port: int | None = None) -> Service:
     argv = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(data), "--protected-mode", "no", "--daemonize", "no"]
     proc = ManagedProcess("redis", argv, run_dir / "logs" / "redis.log", probe=_redis_probe(port)).start()
-    return Service("redis", proc, f"redis://127.0.0.1:{port}/0", extra={"port": str(port)})
+    return Service("redis", proc, f"redis://127.0.0.1:{port}/0", extra={"port": str(port)},
+                   respawn=lambda: start_redis(run_dir))
 
 
 def _redis_probe(port: int) -> Probe:
@@ -192,8 +209,8 @@ def start_postgres(run_dir: Path, port: int | None = None) -> Service:
     url = f"postgresql://{POSTGRES_USER}:{password.value}@127.0.0.1:{port}/postgres"
     proc = ManagedProcess("postgres", argv, run_dir / "logs" / "postgres.log", probe=_pg_probe(url),
                           user=user, group=group, cwd=base).start()
-    service = Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port)})
-    return service
+    return Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port)},
+                   respawn=lambda: start_postgres(run_dir))
 
 
 def _pg_probe(url: str) -> Probe:
@@ -219,12 +236,16 @@ def create_database(admin_url: str, name: str = POSTGRES_DB) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
-def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | None = None) -> Service:
-    """Start SeaweedFS `weed mini` with every listener on an explicit free port and auth enforced."""
+def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | None = None,
+             ports: Mapping[str, int] | None = None) -> Service:
+    """Start SeaweedFS `weed mini` with every listener on an explicit free port and auth enforced.
+
+    Pass the `ports` of a stopped instance (Service.extra["ports"], JSON) to restart it where it was.
+    """
     secret_key = secret_key or Secret.random(18)
     data = run_dir / "s3"
     data.mkdir(parents=True, exist_ok=True)
-    ports = {name: free_port() for name in S3_PORT_NAMES}
+    ports = dict(ports) if ports else {name: free_port() for name in S3_PORT_NAMES}
     argv = [str(find_weed()), "mini", f"-dir={data}", "-master.telemetry=false", "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1", "-webdav=false"]
     argv += [f"-{name}={port}" for name, port in ports.items()]
@@ -235,7 +256,9 @@ def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | N
     proc = ManagedProcess("s3", argv, run_dir / "logs" / "s3.log",
                           probe=http_probe(endpoint + "/", lambda s: s in (200, 403)),
                           env=env, cwd=data, stop_grace_s=0.3).start()
-    return Service("s3", proc, endpoint, extra={"access_key": access_key, "secret_key": secret_key.value})
+    return Service("s3", proc, endpoint,
+                   extra={"access_key": access_key, "secret_key": secret_key.value, "ports": json.dumps(ports)},
+                   respawn=lambda: start_s3(run_dir, access_key, secret_key))
 
 
 def start_app(kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], port: int | None = None,

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from statelab.loadgen import LoadSummary
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -64,3 +69,18 @@ def raw(text: str) -> None:
 
 def flush() -> None:
     sys.stdout.flush()
+
+
+def load_summary(summary: "LoadSummary", csv_prefix: Path) -> None:
+    """Print what a Locust run measured, business failures (logged out, cart lost, ...) first."""
+    t = summary.total
+    console.print(f"{t.requests} requests, {t.failures} failed, {t.rps:.1f} req/s, "
+                  f"median {t.median_ms:.0f} ms, p95 {t.p95_ms:.0f} ms")
+    for r in summary.requests:  # request names like /products/[id] are not markup
+        console.print(escape(f"  {r.method:<4} {r.name:<22} {r.requests:>6} req {r.failures:>5} failed  "
+                             f"p50 {r.median_ms:>4.0f} ms  p95 {r.p95_ms:>4.0f} ms"))
+    if summary.failures:
+        console.print("What users saw go wrong:")
+        for f in sorted(summary.failures, key=lambda f: -f.occurrences):
+            console.print(escape(f"  {f.occurrences:>6} x {f.error}  ({f.method} {f.name})"))
+    console.print(escape(f"CSV files: {csv_prefix}_*.csv"))
