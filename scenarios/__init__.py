@@ -235,6 +235,17 @@ def failed_requests(result: CrowdResult) -> int:
     return sum(n for kind, n in result.errors.items() if kind != "4xx")
 
 
+def error_notes(*results: CrowdResult) -> tuple[str, ...]:
+    """Return a note with the users' errors by kind, when there were any (for diagnosis)."""
+    kinds: dict[str, int] = {}
+    for r in results:
+        for kind, n in r.errors.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    if not any(kinds.values()):
+        return ()
+    return ("errors the users saw, by kind: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()) if n),)
+
+
 def _crowd_failure(crowd: CrowdHandle) -> str:
     try:
         crowd.result(0.1)
@@ -249,4 +260,4 @@ def scale_profile(full: int, quick: bool, quick_value: int, users: int | None) -
     return quick_value if quick else full
 
 
-__all__: Sequence[str] = ["Harness", "crowd_series", "failed_requests", "live_line", "scale_profile"]
+__all__: Sequence[str] = ["Harness", "crowd_series", "error_notes", "failed_requests", "live_line", "scale_profile"]

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scenarios import Harness, crowd_series, failed_requests, scale_profile
+from scenarios import Harness, crowd_series, error_notes, failed_requests, scale_profile
 from statelab import measure
 from statelab.scenario import (AppCase, Figure, Measurements, Profile, Progress, Series, Target, Tolerance, Verdict,
                                judge)
@@ -66,10 +66,9 @@ class ColdCacheAutoscale:
                 AppCase("stateless", variant="no stampede protection", env=STAMPEDE_OFF, expect=None))
 
     def profile(self, quick: bool, users: int | None) -> Profile:
-        base = scale_profile(120, quick, 40, users)
-        return Profile(users=base, instances=2, phase_s=2.0 if quick else 6.0,
-                       extra=(("spike_users", base * 2 if quick else base * 3), ("scale_to", 6),
-                              ("think_s", 0.4 if quick else 0.5)),
+        base = scale_profile(60, quick, 40, users)
+        return Profile(users=base, instances=2, phase_s=2.0 if quick else 5.0,
+                       extra=(("spike_users", base * 2), ("scale_to", 6), ("think_s", 0.4)),
                        seed_users=200)
 
     def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
@@ -156,7 +155,8 @@ class ColdCacheAutoscale:
         qps = measure.counter_rates(samples, "db_queries", t0)
         series = (Series("DB queries/s", "q/s", qps.points),) + crowd_series(result) + \
             crowd_series(spike_result, offset_s=e.spike)
-        return Measurements(figures, base_lat, h.events(), series, measure.shares(hits, old + new))
+        return Measurements(figures, base_lat, h.events(), series, measure.shares(hits, old + new),
+                            error_notes(result, spike_result))
 
     def verdict(self, m: Measurements) -> Verdict:
         return judge(m, self.tolerances, self.preconditions,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import requests
 
-from scenarios import Harness, crowd_series, failed_requests, scale_profile
+from scenarios import Harness, crowd_series, error_notes, failed_requests, scale_profile
 from statelab import measure
 from statelab.scenario import (AppCase, Figure, Measurements, Profile, Progress, Target, Tolerance, Verdict,
                                default_cases, judge)
@@ -156,7 +156,7 @@ class LocalDiskUpload:
         return default_cases(self.expect)
 
     def profile(self, quick: bool, users: int | None) -> Profile:
-        n = scale_profile(150, quick, 40, users)
+        n = scale_profile(100, quick, 40, users)
         return Profile(users=n, instances=3, phase_s=2.5 if quick else 8.0,
                        extra=(("think_s", 0.5 if quick else 1.0),), seed_users=max(n, 200))
 
@@ -205,7 +205,7 @@ class LocalDiskUpload:
                 Figure("p50_ms", "p50 latency of successful requests", latency.p50_ms, "ms"),
                 Figure("p99_ms", "p99 latency of successful requests", latency.p99_ms, "ms"),
             )
-            notes = (f"files on each instance's local disk: {files}",) if files else ()
+            notes = ((f"files on each instance's local disk: {files}",) if files else ()) + error_notes(result)
             shares = measure.shares(h.hits, [iid for iid, _ in urls])
             return Measurements(figures, latency, h.events(), crowd_series(result), shares, notes)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scenarios import Harness, crowd_series, failed_requests, scale_profile
+from scenarios import Harness, crowd_series, error_notes, failed_requests, scale_profile
 from statelab import measure
 from statelab.scenario import (AppCase, Figure, Measurements, Profile, Progress, Target, Tolerance, Verdict,
                                default_cases, judge)
@@ -54,9 +54,9 @@ class RollingDeploy:
         return default_cases(self.expect)
 
     def profile(self, quick: bool, users: int | None) -> Profile:
-        n = scale_profile(300, quick, 60, users)
+        n = scale_profile(200, quick, 60, users)
         return Profile(users=n, instances=3, phase_s=1.2 if quick else 4.0,
-                       extra=(("think_s", 0.5 if quick else 1.0),), seed_users=max(n, 200))
+                       extra=(("think_s", 0.5 if quick else 1.5),), seed_users=max(n, 200))
 
     def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
             target: Target | None = None) -> Measurements:
@@ -97,7 +97,7 @@ class RollingDeploy:
                 Figure("generator_cpu", "load generator CPU share", round(100 * result.loop_cpu_share, 1), "%"),
             )
             return Measurements(figures, latency, h.events(), crowd_series(result),
-                                measure.shares(hits, [i.id for i in lab.status().instances]))
+                                measure.shares(hits, [i.id for i in lab.status().instances]), error_notes(result))
 
     def verdict(self, m: Measurements) -> Verdict:
         return judge(m, self.tolerances, self.preconditions,

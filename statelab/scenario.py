@@ -14,7 +14,7 @@ import platform
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Protocol, Sequence
@@ -691,11 +691,6 @@ def _fmt(value: float) -> str:
     if float(value).is_integer():
         return str(int(value))
     return f"{value:.3g}"
-
-
-def replace_figures(m: Measurements, *figures: Figure) -> Measurements:
-    """Return m with figures appended (used when a scenario measures a variant in the same case)."""
-    return replace(m, figures=m.figures + figures)
 
 
 __all__ = [
