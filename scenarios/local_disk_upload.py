@@ -12,11 +12,12 @@ from scenarios import Harness, crowd_series, error_notes, failed_requests, scale
 from statelab import measure
 from statelab.scenario import (AppCase, Figure, Measurements, Profile, Progress, Target, Tolerance, Verdict,
                                default_cases, judge)
-from statelab.users import JOB_DEADLINE_S, JOB_POLL_S, Population, VirtualUser
+from statelab.users import JOB_DEADLINE_S, Population, VirtualUser
 
 EXPECT = {"stateful": "reproduced", "stateless": "survived"}
 POLICY = "round-robin"
 UPLOAD_ATTEMPTS = 12  # tries to land the upload where the session is (stateful + round-robin)
+PAUSE = 0.3  # mean pause before each follow-up, as a share of the population's think time
 
 
 @dataclass
@@ -75,8 +76,11 @@ async def _one_upload(user: VirtualUser, tally: FollowUps) -> None:
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"u{user.spec.index}.txt\"\r\n"
             f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     key = ""
+    # Every request after a random pause, as a person clicks: round-robin then hands it to whichever
+    # instance is next after the other users' requests, not to a position fixed by this user's rhythm.
     # authed=False: a 401 is counted here, not turned into a re-login (the session is fine, it is elsewhere).
     for _ in range(UPLOAD_ATTEMPTS):
+        await user.think(PAUSE)
         tally.upload_attempts += 1
         response = await user.call("POST", "/uploads", body=body, ok=(401,), authed=False,
                                    content_type=f"multipart/form-data; boundary={boundary}")
@@ -88,6 +92,7 @@ async def _one_upload(user: VirtualUser, tally: FollowUps) -> None:
     if not key:
         return
     tally.uploads += 1
+    await user.think(PAUSE)
     response = await user.call("POST", f"/uploads/{key}/process", ok=(401, 404), authed=False)
     if tally.count(response.status if response else None) == "ok" and response is not None:
         job_id = str(_doc(response).get("job_id", ""))
@@ -101,7 +106,8 @@ async def _one_upload(user: VirtualUser, tally: FollowUps) -> None:
                 tally.jobs_done += status == "done"
                 tally.jobs_failed += status == "failed"
                 break
-            await user.crowd.sleep(JOB_POLL_S)
+            await user.think(PAUSE)
+    await user.think(PAUSE)
     response = await user.call("GET", f"/uploads/{key}", ok=(401, 404), authed=False)
     if tally.count(response.status if response else None) == "ok" and response is not None:
         if hashlib.sha256(response.body).hexdigest() == digest:
