@@ -115,6 +115,7 @@ class ColdCacheAutoscale:
 
         cold_q, _, _, cold_req = window(-1e9, e.cold)
         base_q, base_ms, base_s, base_req = window(e.base0, e.spike)
+        spike_q, spike_ms, spike_s, _ = window(e.spike, e.join)
         join_q, join_ms, join_s, join_req = window(e.join, e.end)
         base_qps = base_q / base_s if base_s > 0 else math.nan
         join_qps = join_q / join_s if join_s > 0 else math.nan
@@ -132,6 +133,8 @@ class ColdCacheAutoscale:
             Figure("instances_after", "instances after scaling", len(old) + len(new), ""),
             Figure("scale_s", "time to scale out (start to serving)", round(e.join - e.spike, 2), "s"),
             Figure("baseline_db_qps", "DB queries/s, steady (2 warm instances)", round(base_qps, 1), "q/s"),
+            Figure("spike_db_qps", "DB queries/s in the spike, before new instances joined",
+                   round(spike_q / spike_s, 1) if spike_s > 0 else math.nan, "q/s"),
             Figure("join_db_qps", "DB queries/s after new instances joined", round(join_qps, 1), "q/s"),
             Figure("db_load_ratio", "DB load: queries/s after the join / steady", _ratio(join_qps, base_qps), "x"),
             Figure("baseline_db_per_100", "DB queries per 100 requests, steady", round(base_per_100, 2), ""),
@@ -140,6 +143,8 @@ class ColdCacheAutoscale:
                    _ratio(per_request_ratio, 1.0), "x"),
             Figure("baseline_db_ms", "DB time per query, steady", round(base_ms / base_q, 2) if base_q else math.nan,
                    "ms"),
+            Figure("spike_db_ms", "DB time per query in the spike, before the join",
+                   round(spike_ms / spike_q, 2) if spike_q else math.nan, "ms"),
             Figure("join_db_ms", "DB time per query after the join", round(join_ms / join_q, 2) if join_q else math.nan,
                    "ms"),
             Figure("new_hit_ratio", "cache hit ratio on new instances", _pct(new_ratio), "%"),
