@@ -64,7 +64,7 @@ class NatHotspot:
         distinct = max(10, nat * 3 // 20)
         # Think times keep the offered load (~200 req/s) below what this 2-core lab serves when spread
         # evenly: the hot spot must come from the routing, not from an overloaded machine.
-        return Profile(users=nat + distinct, instances=4, phase_s=3.5 if quick else 14.0,
+        return Profile(users=nat + distinct, instances=4, phase_s=3.0 if quick else 14.0,
                        extra=(("nat_users", nat), ("distinct_users", distinct), ("think_s", 3.0 if quick else 10.0)),
                        seed_users=nat + distinct)
 

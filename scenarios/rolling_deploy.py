@@ -55,7 +55,7 @@ class RollingDeploy:
 
     def profile(self, quick: bool, users: int | None) -> Profile:
         n = scale_profile(200, quick, 60, users)
-        return Profile(users=n, instances=3, phase_s=1.2 if quick else 4.0,
+        return Profile(users=n, instances=3, phase_s=1.0 if quick else 4.0,
                        extra=(("think_s", 0.5 if quick else 1.5),), seed_users=max(n, 200))
 
     def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
