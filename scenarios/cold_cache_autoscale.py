@@ -160,8 +160,10 @@ class ColdCacheAutoscale:
         qps = measure.counter_rates(samples, "db_queries", t0)
         series = (Series("DB queries/s", "q/s", qps.points),) + crowd_series(result) + \
             crowd_series(spike_result, offset_s=e.spike)
+        notes = ("cache TTL is the apps' default (60 s), longer than this run: stampede protection can only show "
+                 "in the first misses (the first second, the spike's new products), not in expiring hot keys",)
         return Measurements(figures, base_lat, h.events(), series, measure.shares(hits, old + new),
-                            error_notes(result, spike_result))
+                            notes + error_notes(result, spike_result))
 
     def verdict(self, m: Measurements) -> Verdict:
         return judge(m, self.tolerances, self.preconditions,
