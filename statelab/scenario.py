@@ -177,6 +177,7 @@ class AppCase:
     variant: str = ""
     env: tuple[tuple[str, str], ...] = ()
     expect: str | None = None  # None: shown for comparison, not judged
+    in_quick: bool = True  # False: a comparison column left out of --quick (its time budget)
 
     @property
     def label(self) -> str:
@@ -523,7 +524,7 @@ def run_all(opts: RunOptions, progress: Progress, on_result: Callable[[ScenarioR
     ABORT.clear()
     for scenario in chosen:
         t_scenario = time.monotonic()
-        cases = [c for c in scenario.cases() if c.app in apps]
+        cases = [c for c in scenario.cases() if c.app in apps and (c.in_quick or not opts.quick)]
         if opts.side_by_side and len(cases) > 1:
             done = _run_side_by_side(scenario, cases, opts, progress, on_result)
         else:

@@ -91,7 +91,7 @@ def test_cold_cache_multiplies_db_load_on_the_stateful_app_only(run: RunReport) 
     assert stateful.figure("db_load_ratio") >= 2.0
     assert stateless.figure("db_load_ratio") < 2.0
     assert stateful.figure("new_hit_ratio") < stateless.figure("new_hit_ratio")
-    case(run, "cold-cache-autoscale", "stateless", "no stampede protection")
+    assert not [r for r in run.results if r.variant]  # comparison columns run only in the full profile
 
 
 def test_every_expectation_matched_and_the_journal_is_complete(run: RunReport, tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_every_expectation_matched_and_the_journal_is_complete(run: RunReport, t
     path = tmp_path / "journal.json"
     journal.write_json(run, path)
     doc = json.loads(path.read_text())
-    assert len(doc["results"]) == 9 and len(doc["prices"]) == 4
+    assert len(doc["results"]) == 8 and len(doc["prices"]) == 4
     assert all(r["series"] and r["events"] for r in doc["results"])
 
 

@@ -104,6 +104,7 @@ def test_every_scenario_is_named_in_kebab_case_and_expects_both_findings() -> No
         assert s.tolerances and s.summary and s.title
         assert "What breaks" in (type(s).__doc__ or "") and "stateless design" in (type(s).__doc__ or "")
         assert {c.app for c in s.cases()} == {"stateful", "stateless"}
+        assert [c.app for c in s.cases() if c.in_quick and not c.variant] == ["stateful", "stateless"]
 
 
 def test_quick_profiles_are_smaller_and_users_override() -> None:

@@ -143,6 +143,10 @@ def run_report(run: RunReport, scenarios: Mapping[str, Scenario]) -> None:
         if sc:
             console.print(f"[dim]{sc.summary}[/dim]")
         console.print(scenario_table(name, results))
+        if sc and run.inputs.quick:
+            left_out = [c.label for c in sc.cases() if not c.in_quick and c.app in run.inputs.apps]
+            if left_out:
+                console.print(f"[dim]not run with --quick (run without it to see): {', '.join(left_out)}[/dim]")
         if sc and sc.tolerances:
             tol = "; ".join(f"{t.describe()}" for t in sc.tolerances)
             console.print(f"[dim]survived only if:[/dim] {tol}")
