@@ -7,7 +7,6 @@ is in seconds since traffic started (`t0`), so charts line up.
 
 from __future__ import annotations
 
-import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,31 +22,6 @@ from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
 # Short, so a deploy or a scale-out is not spent waiting for health checks. (The builtin balancer
 # also uses it as the check's timeout; scenarios that saturate instances on purpose pass a longer one.)
 HEALTH_INTERVAL_S = 0.25
-
-
-class _PerInstanceDiskLab(Lab):
-    """A Lab whose instances each get their own upload directory (their own "disk").
-
-    Why: Lab.app_env() gives every instance the same LAB_UPLOAD_DIR, which would make the
-    stateful app's local disk shared and hide the disaster (reported to the lead; drop this
-    subclass once topology sets the directory per instance).
-    """
-
-    _local = threading.local()
-
-    def _spawn(self, instance_id: str, port: int | None):  # type: ignore[no-untyped-def]
-        self._local.instance_id = instance_id
-        try:
-            return super()._spawn(instance_id, port)
-        finally:
-            self._local.instance_id = None
-
-    def app_env(self) -> dict[str, str]:
-        env = super().app_env()
-        iid = getattr(self._local, "instance_id", None)
-        if iid:
-            env["LAB_UPLOAD_DIR"] = str(self.run_dir / "uploads" / iid)
-        return env
 
 
 def live_line(c: LiveCounters) -> str:
@@ -86,7 +60,7 @@ class Harness:
     # --- setup ----------------------------------------------------------------------------------
 
     def start_lab(self, instances: int, policy: str, threads: int = 8, seed_users: int = 5000,
-                  per_instance_disk: bool = False, job_workers: int = 1,
+                  job_workers: int = 1,
                   health_interval_s: float = HEALTH_INTERVAL_S) -> Lab:
         """Start a fresh lab for this case (stores, seed, instances, balancer)."""
         if self.target is not None:
@@ -95,7 +69,7 @@ class Harness:
         spec = LabSpec(app=self.app.app, instances=instances, policy=policy, lb=self.lb, run_dir=self.run_dir,
                        threads=threads, health_interval_s=health_interval_s, seed_users=seed_users,
                        app_env=self.app.env, job_workers=job_workers)
-        lab = (_PerInstanceDiskLab if per_instance_disk else Lab)(spec)
+        lab = Lab(spec)
         self._lab_wall0 = time.time()
         self.progress.phase(f"{self.app.label}: starting a lab ({instances} instances, {policy})")
         self.stack.callback(lab.stop)

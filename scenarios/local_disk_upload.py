@@ -172,7 +172,7 @@ class LocalDiskUpload:
             instances = profile.instances
             urls: list[tuple[str, str]] = []
             if target is None:
-                lab = h.start_lab(instances, POLICY, seed_users=profile.seed_users, per_instance_disk=True)
+                lab = h.start_lab(instances, POLICY, seed_users=profile.seed_users)
                 urls = [(i.id, i.url) for i in lab.status().instances]
             else:
                 urls = [(bid, f"http://{addr}") for bid, addr in h.target_backends()]

@@ -234,15 +234,16 @@ class Lab:
         env.update({
             "LAB_SECRET_KEY": self.secret_key.value,
             "LAB_AUTH_MODE": self.spec.auth_mode,
-            "LAB_UPLOAD_DIR": str(self.run_dir / "uploads"),
         })
         env.update(dict(self.spec.app_env))
         return env
 
     def _spawn(self, instance_id: str, port: int | None) -> services.Service:
         """Start an instance process, retrying on a new port if the old one is taken."""
+        # Each instance has its own "local disk", as separate machines or containers would.
+        env = {"LAB_UPLOAD_DIR": str(self.run_dir / "uploads" / instance_id), **self.app_env()}
         for attempt in range(START_RETRIES):
-            svc = services.start_app(self.spec.app, instance_id, self.run_dir, self.app_env(), port=port,
+            svc = services.start_app(self.spec.app, instance_id, self.run_dir, env, port=port,
                                      threads=self.spec.threads)
             try:
                 return svc.wait_ready()

@@ -19,8 +19,19 @@ from statelab.scenario import NullProgress, RunOptions, RunReport, ScenarioResul
 pytestmark = pytest.mark.live
 
 
+def _children() -> set[int]:
+    me = psutil.Process(os.getpid())
+    return {p.pid for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> RunReport:
+def children_before() -> set[int]:
+    """Processes other fixtures of this session (shared stores) already run before the scenarios."""
+    return _children()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, children_before: set[int]) -> RunReport:
     return run_all(RunOptions("all", quick=True, seed=1, run_dir=tmp_path_factory.mktemp("scenarios")),
                    NullProgress())
 
@@ -104,7 +115,6 @@ def test_every_expectation_matched_and_the_journal_is_complete(run: RunReport, t
     assert all(r["series"] and r["events"] for r in doc["results"])
 
 
-def test_no_child_process_is_left_running(run: RunReport) -> None:
-    me = psutil.Process(os.getpid())
-    left = [p for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert left == [], f"left running: {left}"
+def test_no_child_process_is_left_running(run: RunReport, children_before: set[int]) -> None:
+    left = [psutil.Process(pid).cmdline()[:3] for pid in _children() - children_before if psutil.pid_exists(pid)]
+    assert left == [], f"left running after the scenarios: {left}"
