@@ -265,9 +265,9 @@ class Upstream(asyncio.Protocol):
         head = buf[start:end]
         self.nbytes += end
         self.status = int(head[9:12]) if head[9:12].isdigit() else 0
-        low = head.lower()
-        self.keep = head.startswith(b"HTTP/1.1") and b"\r\nconnection: close" not in low
-        self.lost = self.lost or end != len(buf)  # bytes after a HEAD response: do not reuse
+        # A backend that wrongly sends a body after a HEAD response may send it in a later segment,
+        # where it would pass for the next client's response: never reuse a connection after HEAD.
+        self.lost = True
         c.transport.write(buf[:end])
         self._finish(c)
         return None
