@@ -227,7 +227,7 @@ class Upstream(asyncio.Protocol):
         rec = self.rec
         rec.ring.append((c.t0, c.ip, be.id, c.line, self.status, t - c.t0, self.nbytes))  # type: ignore[arg-type]
         rec.total += 1
-        if self.keep and be.state == "ready" and not self.lost:
+        if self.keep and c.keep and be.state == "ready" and not self.lost:  # both sides agreed to keep it open
             if self.rpaused:
                 self.rpaused = False
                 self.transport.resume_reading()
