@@ -316,6 +316,13 @@ def test_chunked_response_passes_through_and_the_connection_is_reused(lab: Lab) 
         conn.close()
 
 
+def test_backend_connection_of_an_http10_request_is_not_reused(lab: Lab) -> None:
+    for _ in range(2):  # one per backend: each backend connection served a request that was not keep-alive
+        assert raw_exchange(lab.port, b"GET /old HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.1 200")
+    for i in range(4):  # a strict backend would reject more bytes on those connections: they must be fresh
+        assert requests.post(lab.url + f"/after-{i}", data=b"x", timeout=TIMEOUT_S).status_code == 200
+
+
 def test_big_download_to_a_slow_client_is_not_buffered(lab: Lab) -> None:
     size = 24 << 20
     rss_before = lab.rss()
