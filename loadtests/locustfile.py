@@ -13,7 +13,7 @@ users over), LAB_LOCUST_THINK_S (default 1.0: mean pause between steps), LAB_LOC
 --users and --spawn-rate drive the run).
 
 Standalone on purpose (the compose Locust image has no statelab package): `user_address` and the
-popularity curve repeat statelab/users.py, which the scenarios use.
+popularity curve repeat statelab/users/, which the scenarios use.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ import locust.stats
 from locust import HttpUser, between, task
 from requests.adapters import HTTPAdapter
 
+from statelab.users.population import user_address, zipf_cumulative  # the scenario users' scheme
+
 import shapes  # loadtests/shapes.py: Locust puts the locustfile's directory on sys.path
 
 PASSWORD = "statelab"
@@ -37,7 +39,6 @@ PRODUCTS = 500
 JOB_DEADLINE_S = 10.0
 JOB_POLL_S = 0.2
 USERS_PER_WORKER = 100_000  # index offset per Locust worker, so distributed workers do not share addresses
-_SLASH24S = 199 * 256  # 127.1.0.x .. 127.199.255.x, as in statelab/users.py
 
 # statelab reads the CSV files while the run goes on (tests wait for logins before a deploy):
 # flush them every second rather than every five.
@@ -58,12 +59,6 @@ def _env_int(name: str, default: int) -> int:
 USERS_PER_ADDRESS = _env_int("LAB_LOCUST_USERS_PER_ADDRESS", 1)
 ACCOUNTS = _env_int("LAB_LOCUST_ACCOUNTS", 5000)
 THINK_S = float(os.environ.get("LAB_LOCUST_THINK_S", "") or 1.0)
-
-
-def user_address(index: int) -> str:
-    """Return address number ``index`` on loopback, each of the first 50,944 in its own /24."""
-    slot, host = index % _SLASH24S, 1 + index // _SLASH24S
-    return f"127.{1 + slot // 256}.{slot % 256}.{host}"
 
 
 def is_loopback_host(url: str) -> bool:
@@ -89,18 +84,10 @@ class SourceAddressAdapter(HTTPAdapter):
         super().init_poolmanager(connections, maxsize, block, **kwargs)
 
 
-def _zipf_cumulative(n: int, s: float = 1.1) -> list[float]:
-    total, out = 0.0, []
-    for k in range(1, n + 1):
-        total += 1.0 / k**s
-        out.append(total)
-    return out
-
-
 # Uploads are text (letters, spaces, newlines) so the apps' line and word counts mean something.
 _TEXT_BYTES = bytes((b"abcdefghijklmnopqrstuvwxyz" * 8 + b" " * 40 + b"\n" * 8)[:256])
 _PRODUCT_IDS = list(range(1, PRODUCTS + 1))
-_ZIPF_CUMULATIVE = _zipf_cumulative(PRODUCTS)
+_ZIPF_CUMULATIVE = zipf_cumulative(PRODUCTS)
 _user_numbers = itertools.count()
 
 

@@ -25,6 +25,15 @@ def user_address(index: int) -> str:
     return f"127.{1 + slot // 256}.{slot % 256}.{host}"
 
 
+def zipf_cumulative(n: int, s: float = 1.1) -> list[float]:
+    """Return the cumulative Zipf(s) weights of items 1..n: a few products are most of the views."""
+    total, out = 0.0, []
+    for k in range(1, n + 1):
+        total += 1.0 / k**s
+        out.append(total)
+    return out
+
+
 @dataclass(frozen=True)
 class UserSpec:
     index: int

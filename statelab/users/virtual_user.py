@@ -14,7 +14,7 @@ from typing import Any, Collection
 
 from statelab.httpclient import HttpClient, HttpError, Response
 from statelab.users.measures import UserStats, _clock, _Recorder
-from statelab.users.population import Population, UserSpec
+from statelab.users.population import Population, UserSpec, zipf_cumulative
 
 PASSWORD = "statelab"
 PRODUCTS = 500
@@ -238,15 +238,7 @@ class VirtualUser:
         await self.crowd.sleep(max(self.population.think_s, _MIN_ERROR_PAUSE_S))
 
 
-def _zipf_cumulative(n: int, s: float = 1.1) -> list[float]:
-    total, out = 0.0, []
-    for k in range(1, n + 1):
-        total += 1.0 / k**s
-        out.append(total)
-    return out
-
-
-_ZIPF_CUMULATIVE = _zipf_cumulative(PRODUCTS)
+_ZIPF_CUMULATIVE = zipf_cumulative(PRODUCTS)
 
 
 def _json(response: Response | None) -> dict[str, Any]:
