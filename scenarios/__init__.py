@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 
 from statelab.errors import ScenarioError
 from statelab.measure import AdminRecords, Hit, RecordCollector, StatsSampler
-from statelab.scenario import (ABORT, AppCase, Event, Progress, Series, Target, case_lab_ready, case_traffic_done,
-                               case_wait_turn)
+from statelab.scenario import AppCase, Event, Progress, Series, Target
 from statelab.topology import Lab, LabSpec
+from statelab.turns import ABORT, case_lab_ready, case_traffic_done, case_wait_turn
 from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
 
 # Short, so a deploy or a scale-out is not spent waiting for health checks. (The builtin balancer

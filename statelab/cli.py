@@ -143,14 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from statelab.report import scenarios as report
-    from statelab.scenario import all_scenarios
+    from statelab.runner import all_scenarios
 
     report.scenario_list(all_scenarios())
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from statelab.scenario import RunOptions, run_from_cli
+    from statelab.runner import RunOptions, run_from_cli
 
     opts = RunOptions(scenario=args.scenario, app=args.app, quick=args.quick, seed=args.seed, users=args.users,
                       lb=args.lb, json_path=args.json_path, junit_path=args.junit, html_path=args.html,

@@ -8,8 +8,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from statelab.report import journal
-from statelab.scenario import (AppCase, Check, Event, Figure, InstanceFigures, Latency, Measurements, NullProgress,
-                               RunInputs, RunOptions, RunReport, ScenarioResult, Series, Tolerance, matches, run_all)
+from statelab.runner import NullProgress, RunOptions, run_all
+from statelab.scenario import (AppCase, Check, Event, Figure, InstanceFigures, Latency, Measurements, RunInputs,
+                               RunReport, ScenarioResult, Series, Tolerance, matches)
 
 
 def sample_run() -> RunReport:

@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from statelab.report import journal
-from statelab.scenario import NullProgress, RunOptions, RunReport, ScenarioResult, run_all
+from statelab.runner import NullProgress, RunOptions, run_all
+from statelab.scenario import RunReport, ScenarioResult
 
 pytestmark = pytest.mark.live
 

@@ -11,8 +11,9 @@ from scenarios.local_disk_upload import SCENARIO as LOCAL_DISK
 from scenarios.nat_hotspot import SCENARIO as NAT
 from scenarios.rolling_deploy import SCENARIO as ROLLING
 from statelab import measure
+from statelab.runner import all_scenarios
 from statelab.scenario import (EXIT_DEVIATED, EXIT_ERROR, EXIT_OK, Figure, Latency, Measurements, ScenarioResult,
-                               Tolerance, all_scenarios, exit_code, judge, matches, percentile, stateless_prices)
+                               Tolerance, exit_code, judge, matches, percentile, stateless_prices)
 
 
 def m(**values: float) -> Measurements:
@@ -216,7 +217,7 @@ def test_turns_let_cases_send_traffic_in_order_after_every_lab_is_up() -> None:
     import threading
     import time
 
-    from statelab.scenario import Turns
+    from statelab.turns import Turns
 
     turns, order, lock = Turns(3), [], threading.Lock()
 
@@ -237,7 +238,7 @@ def test_turns_let_cases_send_traffic_in_order_after_every_lab_is_up() -> None:
 
 
 def test_a_case_whose_lab_failed_does_not_block_the_others() -> None:
-    from statelab.scenario import Turns
+    from statelab.turns import Turns
 
     turns = Turns(2)
     turns.done(0)  # case 0 broke before its lab was up

@@ -82,8 +82,8 @@ def test_every_variable_the_guide_sets_is_read_somewhere() -> None:
 
 
 def test_the_guide_names_only_existing_scenarios() -> None:
-    scenario = pytest.importorskip("statelab.scenario", reason="the scenario framework has not landed yet")
-    names = {s.name for s in scenario.all_scenarios()}
+    runner = pytest.importorskip("statelab.runner", reason="the scenario runner has not landed yet")
+    names = {s.name for s in runner.all_scenarios()}
     for _, argv in statelab_commands():
         if argv[1] == "run":
             assert argv[2] in names | {"all"}, f"no scenario {argv[2]!r}: there are {sorted(names)}"
