@@ -57,6 +57,7 @@ class Result:
     errors: int
     requests: int
     cpu_us_per_req: float | None = None
+    lb_util: float | None = None  # share of its core the balancer used: near 1.0 means balancer-bound
 
 
 def pinned(argv: list[str], cpu: int | None) -> list[str]:
@@ -77,12 +78,12 @@ def cpu_seconds(pid: int | None) -> float:
 
 def measure(url: str, pid: int | None, duration_s: float, connections: int, cpu: int | None) -> Result:
     """Run the load once; also charge the balancer's CPU time per request (robust to a busy machine)."""
-    c0 = cpu_seconds(pid)
+    c0, t0 = cpu_seconds(pid), time.monotonic()
     r = run_load(url, duration_s, connections, cpu)
     if pid is None or not r.requests:
         return r
-    used = cpu_seconds(pid) - c0
-    return Result(r.target, r.rps, r.p50_ms, r.p99_ms, r.errors, r.requests, used * 1e6 / r.requests)
+    used, elapsed = cpu_seconds(pid) - c0, time.monotonic() - t0
+    return Result(r.target, r.rps, r.p50_ms, r.p99_ms, r.errors, r.requests, used * 1e6 / r.requests, used / elapsed)
 
 
 def start(stack: ExitStack, name: str, argv: list[str], run_dir: Path, probe: object) -> ManagedProcess:
@@ -247,8 +248,8 @@ def main() -> int:
         for _ in range(args.rounds):  # interleaved, so a busy moment hits every target alike
             for name, (url, pid) in targets.items():
                 runs[name].append(measure(url, pid, args.duration, args.connections, load_cpu))
-        print(f"\n{'target':<20} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'cpu us/req':>10}   "
-              "runs (req/s)")
+        print(f"\n{'target':<20} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6} {'cpu us/req':>10} "
+              f"{'lb util':>7}   runs (req/s)")
         med: dict[str, float] = {}
         cpu: dict[str, float] = {}
         for name, rs in runs.items():
@@ -256,13 +257,15 @@ def main() -> int:
             mid = sorted(rs, key=lambda r: r.rps)[len(rs) // 2]
             costs = [r.cpu_us_per_req for r in rs if r.cpu_us_per_req]
             cpu_text = "-"
+            util = "-" if mid.lb_util is None else f"{mid.lb_util:.2f}"
             if costs:
                 cpu[name] = statistics.median(costs)
                 cpu_text = f"{cpu[name]:.1f}"
             print(f"{name:<20} {med[name]:>9.0f} {mid.p50_ms:>7.2f} {mid.p99_ms:>7.2f} {sum(r.errors for r in rs):>6} "
-                  f"{cpu_text:>10}   " + " ".join(f"{r.rps:.0f}" for r in rs))
+                  f"{cpu_text:>10} {util:>7}   " + " ".join(f"{r.rps:.0f}" for r in rs))
         if "haproxy" in med:
-            print("\nratios to haproxy (throughput: median req/s; efficiency: haproxy cpu/req over ours)")
+            print("\nratios to haproxy (throughput: median req/s; efficiency: haproxy cpu/req over ours, which is\n"
+                  "the balancer-bound figure when 'lb util' is below 1.0, i.e. the load side or a busy machine limits)")
             for name in ("statelab (uvloop)", "statelab (asyncio)"):
                 eff = f"{cpu['haproxy'] / cpu[name]:.2f}x" if name in cpu and "haproxy" in cpu else "-"
                 print(f"  {name:<20} throughput {med[name] / med['haproxy']:.2f}x   efficiency {eff}")
