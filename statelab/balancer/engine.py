@@ -19,6 +19,7 @@ from statelab.procs import ManagedProcess, http_probe
 ENGINE_NAMES = ("builtin", "haproxy")
 ADMIN_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 15.0
+STOP_GRACE_S = 8.0  # longer than the balancer's own drain on SIGTERM (BalancerOptions.shutdown_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,7 @@ class BuiltinEngine:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.stop()
+            self.proc.stop(STOP_GRACE_S)
             self.proc = None
 
 
