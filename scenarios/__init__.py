@@ -19,8 +19,8 @@ from statelab.topology import Lab, LabSpec
 from statelab.turns import ABORT, case_lab_ready, case_traffic_done, case_wait_turn
 from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
 
-# Short, so a deploy or a scale-out is not spent waiting for health checks. (The builtin balancer
-# also uses it as the check's timeout; scenarios that saturate instances on purpose pass a longer one.)
+# Short, so a deploy or a scale-out is not spent waiting for health checks (each check still has
+# the balancer's own timeout, HEALTH_TIMEOUT_S, so a busy instance is not mistaken for a dead one).
 HEALTH_INTERVAL_S = 0.25
 
 

@@ -18,8 +18,9 @@ EXPECT = {"stateful": "reproduced", "stateless": "survived"}
 POLICY = {"stateful": "ip-hash", "stateless": "round-robin"}
 IDLE_SHARE = 0.02  # an instance serving under 2% of requests is effectively idle
 THREADS = 4  # finite capacity per instance, so a hot spot shows up as latency
-# A busy instance answers its health check late; with a check timeout under a second the hot
-# instance would flap in and out of rotation and drag its NAT along (a real failure, but not this one).
+# A saturated instance answers its health checks late; checking once a second (each check with the
+# balancer's 1 s timeout) keeps the hot instance from flapping in and out of rotation and dragging
+# its NAT along (a real failure, but not the one this scenario measures).
 HEALTH_CHECK_S = 1.0
 
 
