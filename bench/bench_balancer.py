@@ -7,7 +7,8 @@ app instances instead. Load comes from wrk when installed, else a built-in close
 
     python bench/bench_balancer.py                      # ~50 s
     python bench/bench_balancer.py --duration 3 --rounds 1 --profile
-    python bench/bench_balancer.py --backend http://127.0.0.1:8001 --backend http://127.0.0.1:8002
+    python bench/bench_balancer.py --backend http://127.0.0.1:8001 --backend http://127.0.0.1:8002 --path /healthz
+    python bench/bench_balancer.py --backend URL1 --backend URL2 --connections 8 --path /cart --login user0001
 """
 
 from __future__ import annotations
@@ -153,11 +154,13 @@ def start_haproxy(stack: ExitStack, run_dir: Path, backends: list[str], cpu: int
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+EXTRA_HEADERS: list[str] = []  # e.g. a session cookie, sent with every request (--login)
 
 
 def run_wrk(url: str, duration_s: float, connections: int, cpu: int | None) -> Result:
-    out = subprocess.run(pinned(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency", url],
-                                cpu), capture_output=True, text=True, timeout=duration_s + 30).stdout
+    headers = [arg for h in EXTRA_HEADERS for arg in ("-H", h)]
+    out = subprocess.run(pinned(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency",
+                                 *headers, url], cpu), capture_output=True, text=True, timeout=duration_s + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     lat = {q: float(v) * _UNITS[u] for q, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -170,7 +173,8 @@ def run_wrk(url: str, duration_s: float, connections: int, cpu: int | None) -> R
 async def _closed_loop(url: str, duration_s: float, connections: int) -> Result:
     """A keep-alive closed-loop client: each connection sends the next request when the last one ends."""
     u = urlsplit(url)
-    req = f"GET {u.path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\n\r\n".encode()
+    extra = "".join(h + "\r\n" for h in EXTRA_HEADERS)
+    req = f"GET {u.path or '/'} HTTP/1.1\r\nHost: {u.netloc}\r\n{extra}\r\n".encode()
     lat: list[float] = []
     errors = 0
     deadline = time.monotonic() + duration_s
@@ -219,9 +223,22 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--backend", action="append", default=[], metavar="URL",
                     help="mode (a): balance over these app instances instead of trivial backends")
+    ap.add_argument("--path", default="/", help="request path (mode (a): e.g. /healthz, or /cart with --login)")
+    ap.add_argument("--login", metavar="USER", help="mode (a): log USER in (password statelab) on the first "
+                    "backend and send its session cookie with every request (a session-backed route needs "
+                    "the stateless app, whose sessions every instance can read)")
     ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also run the builtin balancer under cProfile")
     args = ap.parse_args()
+    if args.login:
+        if not args.backend:
+            ap.error("--login needs --backend (mode (a): real app instances)")
+        import requests
+
+        resp = requests.post(args.backend[0].rstrip("/") + "/login", json={"username": args.login,
+                             "password": "statelab"}, timeout=5)
+        resp.raise_for_status()
+        EXTRA_HEADERS.append(f"Cookie: lab_session={resp.cookies['lab_session']}")
 
     cpus = sorted(os.sched_getaffinity(0))
     lb_cpu, load_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
@@ -240,6 +257,8 @@ def main() -> int:
             hap = start_haproxy(stack, run_dir, backends, lb_cpu)
             if hap:
                 targets["haproxy"] = hap
+        targets = {name: (url.rstrip("/") + args.path, pid) for name, (url, pid) in targets.items()}
+        print(f"path: {args.path}{' with a session cookie' if EXTRA_HEADERS else ''}")
         print(f"backends: {len(backends)} x {kind}; load: {load}, {args.connections} connections, "
               f"{args.duration:g} s x {args.rounds} rounds; balancer on cpu {lb_cpu}, load+backends on cpu {load_cpu}")
         for url, _ in targets.values():  # warm up every path (connections, pools, caches)
