@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,6 +96,20 @@ def test_up_serves_and_obeys_the_control_commands(tmp_path: Path) -> None:
         served = {requests.get(base + "/healthz", timeout=5).headers["X-Served-By"] for _ in range(12)}
         assert served == {"app-1", "app-2", "app-3"}
 
+        killed = _statelab("kill", "app-1", "--signal", "KILL", *sf)
+        assert killed.returncode == 0, killed.stderr
+        deadline = time.monotonic() + 30
+        while True:
+            now = json.loads(_statelab("status", "--json", *sf).stdout)
+            kinds = [(e["kind"], e["target"]) for e in now["events"]]
+            if ("restarted", "app-1") in kinds:
+                break
+            assert time.monotonic() < deadline, f"app-1 was not restarted after a crash: {kinds}"
+            time.sleep(0.3)
+        assert ("crashed", "app-1") in kinds
+        app1 = next(i for i in now["instances"] if i["id"] == "app-1")
+        assert app1["state"] == "ready" and app1["pid"] != after["app-1"]
+
         bad = _statelab("policy", "bogus", *sf)
         assert bad.returncode == 2 and "unknown policy" in bad.stderr
         assert _statelab("policy", "least-connections", *sf).returncode == 0
@@ -130,3 +145,30 @@ def test_up_reports_a_bad_option_without_a_traceback(tmp_path: Path) -> None:
 def test_control_commands_without_a_lab_say_what_to_do(tmp_path: Path) -> None:
     result = _statelab("status", "--state-file", str(tmp_path / "missing.json"))
     assert result.returncode == 2 and "statelab up" in result.stderr
+
+
+@pytest.mark.haproxy
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed: apt-get install haproxy")
+def test_the_same_operations_drive_haproxy(tmp_path: Path) -> None:
+    """--lb haproxy: deploy, scale and crash-restart go through HAProxy's runtime API."""
+    from statelab.topology import Lab, LabSpec
+
+    with Lab(LabSpec(app="stateless", instances=2, lb="haproxy", run_dir=tmp_path / "run", seed_users=200,
+                     seed_products=50, health_interval_s=0.2)) as lab:
+        lab.start()
+        base = lab.balancer_url
+        assert {requests.get(base + "/healthz", timeout=5).headers["X-Served-By"] for _ in range(8)} == {"app-1", "app-2"}
+        with requests.Session() as s:
+            assert s.post(base + "/login", json={"username": "user0001", "password": "statelab"}, timeout=5).ok
+            before = {i.id: i.pid for i in lab.status().instances}
+            lab.deploy()
+            assert all(i.pid != before[i.id] for i in lab.status().instances)
+            assert s.get(base + "/me", timeout=5).status_code == 200, "the session did not survive the deploy"
+        lab.scale(3)
+        deadline = time.monotonic() + 15
+        seen: set[str] = set()
+        while seen != {"app-1", "app-2", "app-3"} and time.monotonic() < deadline:
+            seen.add(requests.get(base + "/healthz", timeout=5).headers["X-Served-By"])
+        assert seen == {"app-1", "app-2", "app-3"}
+        lab.scale(2)
+        assert [i.id for i in lab.status().instances] == ["app-1", "app-2"]
