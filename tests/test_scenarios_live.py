@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import psutil
@@ -119,3 +120,14 @@ def test_every_expectation_matched_and_the_journal_is_complete(run: RunReport, t
 def test_no_child_process_is_left_running(run: RunReport, children_before: set[int]) -> None:
     left = [psutil.Process(pid).cmdline()[:3] for pid in _children() - children_before if psutil.pid_exists(pid)]
     assert left == [], f"left running after the scenarios: {left}"
+
+
+@pytest.mark.haproxy
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy not installed: apt-get install haproxy")
+def test_the_nat_lesson_holds_behind_haproxy(tmp_path: Path, children_before: set[int]) -> None:
+    """`--lb haproxy`: the same scenario, HAProxy's `balance source` instead of the builtin ip-hash."""
+    report = run_all(RunOptions("nat-hotspot", quick=True, seed=1, lb="haproxy", run_dir=tmp_path), NullProgress())
+    stateful, stateless = (case(report, "nat-hotspot", app) for app in ("stateful", "stateless"))
+    assert stateful.figure("max_mean_ratio") > 2.0 and stateful.outcome == "reproduced"
+    assert stateless.figure("max_mean_ratio") < 1.3 and stateless.outcome == "survived"
+    assert not (_children() - children_before), "processes left running after the HAProxy run"
