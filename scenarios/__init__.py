@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from statelab.errors import ScenarioError
-from statelab.measure import AdminRecords, Hit, RecordCollector, StatsSampler
+from statelab.measure import AdminRecords, CacheEvent, CacheEvents, Hit, RecordCollector, StatsSampler
 from statelab.scenario import AppCase, Event, Progress, Series, Target
 from statelab.topology import Lab, LabSpec
 from statelab.turns import ABORT, case_lab_ready, case_traffic_done, case_wait_turn
@@ -48,6 +48,7 @@ class Harness:
         self._marks: list[Event] = []
         self.records: RecordCollector | None = None
         self.stats: StatsSampler | None = None
+        self.cache: CacheEvents | None = None
         self._crowds: list[CrowdHandle] = []
 
     def __enter__(self) -> "Harness":
@@ -102,8 +103,10 @@ class Harness:
         assert self.lab is not None
         return self.lab.balancer_url
 
-    def start_samplers(self, stats: bool = False) -> None:
-        """Start draining balancer records (and polling /stats when asked); traffic time starts now.
+    def start_samplers(self, stats: bool = False, cache_events: bool = False) -> None:
+        """Start draining balancer records (and polling /stats, listening to the shared cache when asked).
+
+        Traffic time starts now. Cache events need the lab's own Redis (the stateless app's).
 
         With labs started side by side, this waits for this case's turn to send traffic.
         """
@@ -122,6 +125,9 @@ class Harness:
             self.stats = StatsSampler(lambda: [(i.id, i.url) for i in lab.status().instances])
             self.stats.start()
             self.stack.callback(self.stats.stop)
+        if cache_events and self.lab is not None and "redis" in self.lab.stores:
+            self.cache = CacheEvents(self.lab.stores["redis"].url).start()
+            self.stack.callback(self.cache.stop)
 
     def crowd(self, population: Population, journey: object, seed: int, ramp_s: float = 1.0,
               request_timeout_s: float = 5.0) -> CrowdHandle:
@@ -166,6 +172,8 @@ class Harness:
             self.records.stop()
         if self.stats is not None:
             self.stats.stop()
+        if self.cache is not None:
+            self.cache.stop()
         case_traffic_done()
         return results
 
@@ -174,6 +182,10 @@ class Harness:
     @property
     def hits(self) -> list[Hit]:
         return self.records.hits if self.records is not None else []
+
+    @property
+    def cache_events(self) -> list[CacheEvent]:
+        return self.cache.events if self.cache is not None else []
 
     def rel(self, wall_t: float) -> float:
         return wall_t - self.t0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,12 @@ from statelab.users import CrowdResult, Population, VirtualUser
 
 EXPECT = {"stateful": "reproduced", "stateless": "survived"}
 POLICY = "round-robin"
-STAMPEDE_OFF = (("LAB_CACHE_STAMPEDE_PROTECTION", "0"),)
+DEFAULT_TTL_S = 60  # the apps' LAB_CACHE_TTL_S default: longer than a run, so no product expires
+# The stampede comparison: popular products expire every 2 s (many times per run, at the spike's
+# concurrency), with protection on and off; the same short TTL for both, so only the lock differs.
+SHORT_TTL = (("LAB_CACHE_TTL_S", "2"),)
+STAMPEDE_OFF = SHORT_TTL + (("LAB_CACHE_STAMPEDE_PROTECTION", "0"),)
+HOT_PRODUCTS = 10  # the most viewed products: the keys a stampede hits
 
 
 async def anonymous_browser(user: VirtualUser) -> None:
@@ -40,12 +46,17 @@ class ColdCacheAutoscale:
     What the stateless design does differently: the cache is shared (Redis), already warm when
     new instances join, so they cost the database nothing; with stampede protection (one loader
     per key, others wait for it) even an expiring hot key costs one query, not one per request.
-    The third column runs the stateless app with that protection off (full profile only: it
-    would take --quick over its one-minute budget).
+    Two more columns (full profile only: they would take --quick over its one-minute budget) show
+    that protection at work: the stateless app with a 2 s cache TTL, so popular products expire
+    again and again under the spike, with the protection on and off. Their refill figures count,
+    from Redis's own keyspace events, how many DB loads each expiry cost.
 
     Judged on the database's load (queries/s after the join vs steady, the number an on-call
     engineer sees); DB queries per request are shown next to it, so the spike's extra traffic can
-    be told apart from the cost of per-instance caches.
+    be told apart from the cost of per-instance caches. A short-TTL column is judged on the
+    stampede instead (DB loads per refill of the most viewed products): with products expiring
+    every 2 s its DB load grows with the spike's traffic whatever the design, so the load ratio
+    would not say anything about the lock.
     """
 
     name: str = "cold-cache-autoscale"
@@ -60,11 +71,20 @@ class ColdCacheAutoscale:
         Tolerance("baseline_db_qps", ">", 0, "the /stats sampler must have seen DB queries before the spike"),
         Tolerance("instances_after", ">=", 3, "the lab must have scaled out"),
     )
+    stampede_tolerances: tuple[Tolerance, ...] = (
+        Tolerance("hot_db_loads_per_refill", "<", 1.1,
+                  "an expiring hot product costs the database one load, not one per request waiting for it"),
+    )
+    stampede_preconditions: tuple[Tolerance, ...] = (
+        Tolerance("refills", ">", 0, "with a short TTL, the cache's key events must show products being reloaded"),
+    )
 
     def cases(self) -> tuple[AppCase, ...]:
         return (AppCase("stateful", expect=self.expect["stateful"]),
                 AppCase("stateless", expect=self.expect["stateless"]),
-                AppCase("stateless", variant="no stampede protection", env=STAMPEDE_OFF, expect=None, in_quick=False))
+                AppCase("stateless", variant="short TTL with protection", env=SHORT_TTL, expect=None, in_quick=False),
+                AppCase("stateless", variant="short TTL without protection", env=STAMPEDE_OFF, expect=None,
+                        in_quick=False))
 
     def profile(self, quick: bool, users: int | None) -> Profile:
         base = scale_profile(60, quick, 40, users)
@@ -77,7 +97,7 @@ class ColdCacheAutoscale:
         with Harness(app, run_dir, progress, lb, target) as h:
             lab = h.start_lab(profile.instances, POLICY, seed_users=profile.seed_users)
             old = [i.id for i in lab.status().instances]
-            h.start_samplers(stats=True)
+            h.start_samplers(stats=True, cache_events=True)
             assert h.stats is not None
             think = profile.get("think_s", 0.5)
             crowd = h.crowd(Population(distinct_users=profile.users, think_s=think), anonymous_browser, seed,
@@ -129,8 +149,9 @@ class ColdCacheAutoscale:
         old_hits = measure.counter_increase(samples, "cache_hits", t0 + e.join, t0 + e.end, old)
         old_misses = measure.counter_increase(samples, "cache_misses", t0 + e.join, t0 + e.end, old)
         old_ratio = old_hits / (old_hits + old_misses) if old_hits + old_misses else math.nan
-        figures = (
+        figures: tuple[Figure, ...] = (
             Figure("users", "users, steady + spike", result.users + spike_result.users, "users"),
+            Figure("cache_ttl_s", "cache TTL (LAB_CACHE_TTL_S)", _cache_ttl_s(h.app), "s"),
             Figure("instances_after", "instances after scaling", len(old) + len(new), ""),
             Figure("scale_s", "time to scale out (start to serving)", round(e.join - e.spike, 2), "s"),
             Figure("baseline_db_qps", "DB queries/s, steady (2 warm instances)", round(base_qps, 1), "q/s"),
@@ -161,12 +182,57 @@ class ColdCacheAutoscale:
         qps = measure.counter_rates(samples, "db_queries", t0)
         series = (Series("DB queries/s", "q/s", qps.points),) + crowd_series(result) + \
             crowd_series(spike_result, offset_s=e.spike)
-        notes = ("cache TTL is the apps' default (60 s), longer than this run: stampede protection can only show "
-                 "in the first misses (the first second, the spike's new products), not in expiring hot keys",)
+        figures += self._peak_figures(h, e)
+        if h.cache is not None:
+            figures += self._refill_figures(h, e)
         return Measurements(figures, base_lat, h.events(), series, measure.shares(hits, old + new),
-                            notes + error_notes(result, spike_result))
+                            (_ttl_note(h.app),) + error_notes(result, spike_result))
+
+    def _peak_figures(self, h: Harness, e: Edges) -> tuple[Figure, ...]:
+        """Return the DB's busiest moment after the first second, and the hot products' p99."""
+        samples = h.stats.samples if h.stats is not None else []
+        # Only sampler ticks (0.5 s apart): the scenario's own samples at phase edges would make short, noisy rates.
+        qps = measure.counter_rates(samples, "db_queries", h.t0, min_interval_s=0.4)
+        ms = measure.counter_rates(samples, "db_time_ms", h.t0, min_interval_s=0.4)
+        after_cold = [(t, q, m) for (t, q), (_, m) in zip(qps.points, ms.points) if e.cold < t <= e.end + 0.5]
+        _, peak_q, peak_ms = max(after_cold, key=lambda p: p[1], default=(math.nan, math.nan, math.nan))
+        mean_q = sum(q for _, q, _ in after_cold) / len(after_cold) if after_cold else math.nan
+        hits = measure.window(h.hits, h.t0 + e.cold, h.t0 + e.end)
+        hot = {f"/products/{pid}" for pid in _hot_products(hits)}
+        hot_lat = measure.latency([x for x in hits if x.path in hot], "hot products", ok_only=False)
+        return (
+            Figure("peak_db_qps", "DB queries/s, busiest 0.5 s after the first second", round(peak_q, 1), "q/s"),
+            Figure("peak_to_mean_db_qps", "DB queries/s, busiest 0.5 s / mean after the first second",
+                   _ratio(peak_q, mean_q), "x"),
+            Figure("peak_db_ms", "DB time per query in that busiest 0.5 s",
+                   round(peak_ms / peak_q, 2) if peak_q else math.nan, "ms"),
+            Figure("hot_p99_ms", f"request p99 on the {HOT_PRODUCTS} most viewed products, after the first second",
+                   hot_lat.p99_ms, "ms"),
+        )
+
+    def _refill_figures(self, h: Harness, e: Edges) -> tuple[Figure, ...]:
+        """Return how many DB loads each expiry of a product key cost (from the shared cache's key events)."""
+        hits = measure.window(h.hits, h.t0 + e.cold, h.t0 + e.end)
+        hot = [f"{measure.CACHE_KEY_PREFIX}{pid}" for pid in _hot_products(hits)]
+        every = measure.refill_loads(h.cache_events)
+        hot_bursts = measure.refill_loads(h.cache_events, hot)
+        return (
+            Figure("refills", "product keys expired and reloaded (refills)", len(every), ""),
+            Figure("db_loads_per_refill", "DB loads per refill, every product", _mean(every), ""),
+            Figure("hot_db_loads_per_refill", f"DB loads per refill, {HOT_PRODUCTS} most viewed products",
+                   _mean(hot_bursts), ""),
+            Figure("max_db_loads_per_refill", "DB loads for one refill, largest", max(every, default=0), ""),
+            Figure("extra_db_loads", "DB loads beyond one per refill (the stampede's extra queries)",
+                   sum(n - 1 for n in every), "q"),
+        )
 
     def verdict(self, m: Measurements) -> Verdict:
+        if m.value("cache_ttl_s") < DEFAULT_TTL_S:  # a stampede column: keys expire within the run
+            return judge(m, self.stampede_tolerances, self.stampede_preconditions,
+                         survived_because="Each expiring hot product was reloaded by one request while the others "
+                                          "waited for its value.",
+                         reproduced_because="Each expiring hot product was reloaded by every request that found it "
+                                            "missing: a stampede on the database, one key at a time.")
         return judge(m, self.tolerances, self.preconditions,
                      survived_because="New instances found the shared cache already warm: the database barely "
                                       "noticed the scale-out.",
@@ -183,6 +249,37 @@ class Edges:
     spike: float
     join: float
     end: float
+
+
+def _hot_products(hits: list[measure.Hit]) -> list[int]:
+    """Return the ids of the most requested products among hits, most viewed first."""
+    counts: dict[int, int] = {}
+    for x in hits:
+        head, _, tail = x.path.rpartition("/")
+        if head == "/products" and tail.isdigit():
+            counts[int(tail)] = counts.get(int(tail), 0) + 1
+    return sorted(counts, key=lambda pid: -counts[pid])[:HOT_PRODUCTS]
+
+
+def _cache_ttl_s(app: AppCase) -> int:
+    """Return the cache TTL the case's instances run with (its own env, else the inherited one, else the default)."""
+    raw = dict(app.env).get("LAB_CACHE_TTL_S") or os.environ.get("LAB_CACHE_TTL_S") or str(DEFAULT_TTL_S)
+    return int(raw) if raw.strip().isdigit() else DEFAULT_TTL_S
+
+
+def _ttl_note(app: AppCase) -> str:
+    ttl = _cache_ttl_s(app)
+    if ttl >= DEFAULT_TTL_S:
+        return (f"cache TTL {ttl} s, longer than this run: no product expires, so stampede protection is not "
+                "exercised here (the short-TTL columns, full profile only, show it)")
+    if app.app == "stateful":
+        return f"cache TTL {ttl} s: each instance reloads expiring products into its own copy"
+    return (f"cache TTL {ttl} s: popular products expire and are reloaded many times in this run; each refill's "
+            "DB loads are counted from Redis's keyspace events (one SET per DB load, between two expiries)")
+
+
+def _mean(values: list[int]) -> float:
+    return round(sum(values) / len(values), 2) if values else math.nan
 
 
 def _ratio(a: float, b: float) -> float:

@@ -1,9 +1,11 @@
-"""Measuring a running lab from the outside: balancer request records and the instances' /stats.
+"""Measuring a running lab from the outside: balancer request records, the instances' /stats, cache keys.
 
-Two background samplers a scenario starts next to its crowd: `RecordCollector` drains the
-balancer's per-request ring (so windows, shares and latencies come from what the balancer saw) and
-`StatsSampler` polls each instance's `GET /stats` (cache hits, DB queries, DB time). The numbers
-they compute are pure functions of the samples, so they are tested without sockets.
+Background samplers a scenario starts next to its crowd: `RecordCollector` drains the balancer's
+per-request ring (so windows, shares and latencies come from what the balancer saw),
+`StatsSampler` polls each instance's `GET /stats` (cache hits, DB queries, DB time) and
+`CacheEvents` listens to the shared Redis cache's keyspace notifications (each product key written
+after a DB load, each expiry). The numbers they compute are pure functions of the samples, so they
+are tested without sockets.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+import redis
 import requests
 
 from statelab.scenario import InstanceFigures, Latency, Series, percentile
@@ -24,6 +27,7 @@ log = logging.getLogger(__name__)
 RECORD_POLL_S = 0.25
 STATS_POLL_S = 0.5
 STATS_TIMEOUT_S = 1.0
+CACHE_KEY_PREFIX = "product:"  # the stateless app's product cache (stateless_app/cache.py)
 STATS_FIELDS = ("sessions_in_memory", "cache_hits", "cache_misses", "db_queries", "db_time_ms", "local_files",
                 "jobs_queued")
 
@@ -191,6 +195,64 @@ class StatsSampler:
         return self.samples
 
 
+@dataclass(frozen=True)
+class CacheEvent:
+    """A cache key was written (`set`, one per DB load) or expired (`expired`) at wall-clock t."""
+
+    t: float
+    kind: str
+    key: str
+
+
+class CacheEvents:
+    """Record every write and expiry of the shared cache's product keys, through Redis keyspace notifications.
+
+    The app is not asked: each DB load of a product ends in exactly one SET of its key, so the SETs
+    between two expiries of a key are the DB loads that refilled it (one with stampede protection,
+    one per waiting request without).
+    """
+
+    def __init__(self, redis_url: str, prefix: str = CACHE_KEY_PREFIX, clock: Callable[[], float] = time.time) -> None:
+        self.prefix = prefix
+        self.clock = clock
+        self.events: list[CacheEvent] = []
+        self._client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="statelab-cache-events", daemon=True)
+
+    def start(self) -> "CacheEvents":
+        self._client.config_set("notify-keyspace-events", "E$x")  # E: keyevent channels; $: SET; x: expired
+        self._pubsub.psubscribe("__keyevent@*__:set", "__keyevent@*__:expired")
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self._pubsub.get_message(timeout=0.2)
+            except (redis.RedisError, OSError, ValueError):  # Redis is gone (stopping); keep what we have
+                log.debug("reading cache events failed", exc_info=True)
+                return
+            if msg is None:
+                continue
+            key = msg["data"].decode() if isinstance(msg["data"], bytes) else str(msg["data"])
+            if key.startswith(self.prefix):
+                kind = msg["channel"].decode().rsplit(":", 1)[-1]
+                self.events.append(CacheEvent(self.clock(), kind, key))
+
+    def stop(self) -> list[CacheEvent]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        for close in (self._pubsub.close, self._client.close):
+            try:
+                close()
+            except (redis.RedisError, OSError):
+                log.debug("closing the cache event listener failed", exc_info=True)
+        return self.events
+
+
 # --- pure computations ------------------------------------------------------------------------------
 
 def window(hits: Iterable[Hit], t0: float = -math.inf, t1: float = math.inf) -> list[Hit]:
@@ -241,11 +303,12 @@ def per_second(hits: Sequence[Hit], t0: float, name: str = "requests",
     return Series(name, "req/s", tuple((float(s), float(counts.get(s, 0))) for s in range(0, last + 1)))
 
 
-def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float) -> Series:
+def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float, min_interval_s: float = 0.0) -> Series:
     """Return the summed per-second rate of a counter across instances, one point per sampling tick.
 
     A counter that goes down means the instance restarted (or is new): its new value counts as the
-    increase since the previous tick.
+    increase since the previous tick. Ticks closer than min_interval_s to the last point are merged
+    into the next one (a rate over a few milliseconds is noise, not a peak).
     """
     ticks = sorted({s.t for s in samples})
     last: dict[str, float] = {}
@@ -254,8 +317,8 @@ def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float) ->
     by_tick: dict[float, list[StatsSample]] = {}
     for s in samples:
         by_tick.setdefault(s.t, []).append(s)
+    increase = 0.0
     for t in ticks:
-        increase = 0.0
         for s in by_tick[t]:
             v = s.get(field_name)
             before = last.get(s.instance)
@@ -264,8 +327,11 @@ def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float) ->
             elif prev_t is not None:
                 increase += v  # a new instance: everything it did happened since the last tick
             last[s.instance] = v
-        if prev_t is not None and t > prev_t:
+        if prev_t is not None and t - prev_t < max(min_interval_s, 1e-9):
+            continue
+        if prev_t is not None:
             points.append((round(t - t0, 3), round(increase / (t - prev_t), 3)))
+        increase = 0.0
         prev_t = t
     return Series(f"{field_name}/s", "1/s", tuple(points))
 
@@ -279,6 +345,27 @@ def mean_in(series: Series, t0: float, t1: float) -> float:
 def peak_in(series: Series, t0: float, t1: float) -> float:
     vals = [v for t, v in series.points if t0 <= t < t1]
     return max(vals) if vals else math.nan
+
+
+def refill_loads(events: Iterable[CacheEvent], keys: Iterable[str] | None = None) -> list[int]:
+    """Return, for each expiry of a cache key that was reloaded, how many loads (SETs) refilled it.
+
+    A refill runs from an expiry to the key's next expiry (or the end). The first fill of a key
+    (its cold start, before any expiry) is not a refill; neither is an expiry nobody reloaded.
+    """
+    wanted = set(keys) if keys is not None else None
+    counting: dict[str, int] = {}  # key -> loads since its last expiry
+    bursts: list[int] = []
+    for e in sorted(events, key=lambda x: x.t):
+        if wanted is not None and e.key not in wanted:
+            continue
+        if e.kind == "expired":
+            if counting.get(e.key):
+                bursts.append(counting[e.key])
+            counting[e.key] = 0
+        elif e.kind == "set" and e.key in counting:
+            counting[e.key] += 1
+    return bursts + [n for n in counting.values() if n]
 
 
 def counter_delta(samples: Sequence[StatsSample], field_name: str, t0: float, t1: float,

@@ -97,6 +97,37 @@ def test_cold_cache_without_baseline_is_an_error() -> None:
     assert v.outcome == "error"
 
 
+STAMPEDE_OK = dict(cache_ttl_s=2, refills=800, baseline_db_qps=45.0, instances_after=6, failed_requests=0)
+
+
+def test_cold_cache_short_ttl_columns_are_judged_on_the_stampede_not_the_load_ratio() -> None:
+    v = COLD_CACHE.verdict(m(hot_db_loads_per_refill=1.5, db_load_ratio=1.0, **STAMPEDE_OK))
+    assert v.outcome == "reproduced" and "hot_db_loads_per_refill = 1.5" in v.explanation
+    assert "stampede" in v.explanation
+    v = COLD_CACHE.verdict(m(hot_db_loads_per_refill=1.0, db_load_ratio=2.5, **STAMPEDE_OK))
+    assert v.outcome == "survived" and "db_load_ratio" not in v.explanation
+
+
+def test_cold_cache_short_ttl_without_refills_is_an_error() -> None:
+    v = COLD_CACHE.verdict(m(hot_db_loads_per_refill=math.nan, **{**STAMPEDE_OK, "refills": 0}))
+    assert v.outcome == "error" and "refills" in v.explanation
+
+
+def test_cold_cache_default_ttl_keeps_the_load_ratio_verdict() -> None:
+    base = dict(baseline_db_qps=40.0, instances_after=6, failed_requests=0, refills=0)
+    assert COLD_CACHE.verdict(m(cache_ttl_s=60, db_load_ratio=4.2, **base)).outcome == "reproduced"
+    assert COLD_CACHE.verdict(m(cache_ttl_s=60, db_load_ratio=1.2, hot_db_loads_per_refill=3.0, **base)).outcome == \
+        "survived"
+
+
+def test_cold_cache_comparison_columns_share_one_short_ttl_and_differ_only_in_the_lock() -> None:
+    main, *variants = [c for c in COLD_CACHE.cases() if c.app == "stateless"]
+    assert main.env == () and main.expect == "survived"
+    assert [dict(c.env).get("LAB_CACHE_STAMPEDE_PROTECTION", "1") for c in variants] == ["1", "0"]
+    assert len({dict(c.env)["LAB_CACHE_TTL_S"] for c in variants}) == 1
+    assert all(c.expect is None and not c.in_quick for c in variants)
+
+
 def test_every_scenario_is_named_in_kebab_case_and_expects_both_findings() -> None:
     names = [s.name for s in all_scenarios()]
     assert names == ["rolling-deploy", "nat-hotspot", "local-disk-upload", "cold-cache-autoscale"]
@@ -194,6 +225,26 @@ def test_counter_rates_handle_restarts_and_new_instances() -> None:
                s(2.0, "b", (("db_queries", 7.0),))]  # joined: 7 since the last tick
     rates = measure.counter_rates(samples, "db_queries", 0.0)
     assert rates.points == ((1.0, 10.0), (2.0, 12.0))
+
+
+def test_counter_rates_merge_ticks_closer_than_the_minimum_interval() -> None:
+    s = measure.StatsSample
+    samples = [s(0.0, "a", (("db_queries", 0.0),)), s(0.5, "a", (("db_queries", 10.0),)),
+               s(0.52, "a", (("db_queries", 12.0),)),  # a phase-edge sample 20 ms after a tick
+               s(1.0, "a", (("db_queries", 22.0),))]
+    assert measure.counter_rates(samples, "db_queries", 0.0).points[1] == (0.52, 100.0)
+    assert measure.counter_rates(samples, "db_queries", 0.0, min_interval_s=0.4).points == ((0.5, 20.0), (1.0, 24.0))
+
+
+def test_refill_loads_count_sets_between_expiries_and_skip_the_cold_fill() -> None:
+    e = measure.CacheEvent
+    events = [e(0.0, "set", "product:1"), e(0.1, "set", "product:2"),  # cold fill: not a refill
+              e(2.0, "expired", "product:1"), e(2.01, "set", "product:1"), e(2.02, "set", "product:1"),
+              e(2.03, "set", "product:1"),  # three loads for one expiry: a stampede
+              e(2.1, "expired", "product:2"),  # expired, nobody reloaded it: not a refill
+              e(4.03, "expired", "product:1"), e(4.05, "set", "product:1")]  # still open at the end
+    assert measure.refill_loads(events) == [3, 1]
+    assert measure.refill_loads(events, ["product:2"]) == []
 
 
 def test_hit_ratio_over_a_window_and_from_zero() -> None:
