@@ -73,6 +73,15 @@ class ControlServer:
         return 200, self.lab.status().to_json()
 
 
+def read_json_object(handler: BaseHTTPRequestHandler) -> dict[str, Any]:
+    """Read a request body that must be a JSON object (empty means {}); ValueError otherwise."""
+    length = int(handler.headers.get("Content-Length") or 0)
+    body = json.loads(handler.rfile.read(length) or b"{}") if length else {}
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
+
+
 def _make_handler(server: ControlServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _serve(self, method: str) -> None:
@@ -80,10 +89,7 @@ def _make_handler(server: ControlServer) -> type[BaseHTTPRequestHandler]:
                 self._reply(403, {"error": "the control API accepts loopback clients only"})
                 return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                if not isinstance(body, dict):
-                    raise ValueError("body must be a JSON object")
+                body = read_json_object(self)
             except ValueError as exc:
                 self._reply(400, {"error": f"malformed JSON: {exc}"})
                 return

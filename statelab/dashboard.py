@@ -24,6 +24,7 @@ from typing import Any, Callable, Protocol
 
 import requests
 
+from statelab.control import read_json_object
 from statelab.topology import POLICIES
 
 log = logging.getLogger(__name__)
@@ -267,10 +268,7 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
                 self._refuse(415, "send the operation as application/json")
                 return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                if not isinstance(body, dict):
-                    raise ValueError("body must be a JSON object")
+                body = read_json_object(self)
             except ValueError as exc:
                 self._reply(400, {"error": f"malformed JSON: {exc}"})
                 return
