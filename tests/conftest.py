@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import psutil
 import pytest
 
 from statelab import services
 from statelab.config import BackingUrls, Secret
+
+if TYPE_CHECKING:
+    from statelab.control import ControlServer
+    from statelab.topology import Lab
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +139,19 @@ def backing_worker(backing: BackingUrls, run_dir: Path) -> Iterator[None]:
     worker = services.start_worker("rq-worker", run_dir, backing.app_env())
     yield
     worker.stop()
+
+
+@pytest.fixture
+def small_lab(tmp_path: Path) -> Iterator[tuple["Lab", "ControlServer"]]:
+    """A real, small stateless lab (2 instances) with its control API, stopped after the test."""
+    from statelab.control import ControlServer
+    from statelab.topology import Lab, LabSpec
+
+    with ExitStack() as stack:
+        lab = Lab(LabSpec(app="stateless", instances=2, run_dir=tmp_path / "lab", seed_users=200,
+                          seed_products=50))
+        stack.callback(lab.stop)
+        lab.start()
+        control = ControlServer(lab).start()
+        stack.callback(control.stop)
+        yield lab, control

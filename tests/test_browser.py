@@ -28,7 +28,7 @@ from statelab.procs import ManagedProcess
 from statelab.report.html import write_html
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_dashboard import FakeControl, StubLab, _lab_is_buildable, fake_stats  # noqa: E402
+from test_dashboard import FakeControl, StubLab, fake_stats  # noqa: E402
 from test_html_report import SECONDS, synthetic_journal  # noqa: E402
 
 pytestmark = pytest.mark.browser
@@ -301,19 +301,9 @@ def test_dashboard_with_a_stub_lab(page: DevTools) -> None:
 
 
 @pytest.mark.live
-def test_dashboard_of_a_real_lab(page: DevTools, tmp_path: Path) -> None:
-    reason = _lab_is_buildable()
-    if reason:
-        pytest.skip(reason)
-    from statelab.control import ControlServer
-    from statelab.topology import Lab, LabSpec
-
+def test_dashboard_of_a_real_lab(page: DevTools, small_lab: tuple[Any, Any]) -> None:
+    lab, control = small_lab
     with ExitStack() as stack:
-        lab = Lab(LabSpec(app="stateless", instances=2, run_dir=tmp_path, seed_users=200, seed_products=50))
-        stack.callback(lab.stop)
-        lab.start()
-        control = ControlServer(lab).start()
-        stack.callback(control.stop)
         dash = stack.enter_context(Dashboard(lab, control.url))
         stop_traffic = _background_traffic(lab.balancer_url)
         stack.callback(stop_traffic)

@@ -11,7 +11,6 @@ import threading
 import time
 from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -180,32 +179,10 @@ def test_control_api_down_is_a_clear_error() -> None:
 
 # --- live -----------------------------------------------------------------------------------
 
-def _lab_is_buildable() -> str | None:
-    """Return why a real lab cannot be started from this tree, or None if it can."""
-    try:
-        import statelab.balancer.engine  # noqa: F401
-        import stateless_app  # noqa: F401
-    except ImportError as exc:
-        return f"the lab's parts are not all in this tree yet: {exc}"
-    return None
-
-
 @pytest.mark.live
-def test_live_dashboard_of_a_real_lab(tmp_path: Path) -> None:
-    reason = _lab_is_buildable()
-    if reason:
-        pytest.skip(reason)
-    from statelab.control import ControlServer
-    from statelab.topology import Lab, LabSpec
-
-    with ExitStack() as stack:
-        lab = Lab(LabSpec(app="stateless", instances=2, run_dir=tmp_path, seed_users=200, seed_products=50))
-        stack.callback(lab.stop)
-        lab.start()
-        control = ControlServer(lab).start()
-        stack.callback(control.stop)
-        dash = Dashboard(lab, control.url, interval_s=0.2).start()
-        stack.callback(dash.stop)
+def test_live_dashboard_of_a_real_lab(small_lab: tuple[Any, Any]) -> None:
+    lab, control = small_lab
+    with Dashboard(lab, control.url, interval_s=0.2) as dash:
         for _ in range(20):
             requests.get(lab.balancer_url + "/healthz", timeout=5)
         state = requests.get(dash.url + "api/state", timeout=5).json()
