@@ -154,7 +154,6 @@ def test_haproxy_fronts_the_replicas_compose_starts(compose: dict[str, Any]) -> 
 def test_the_same_topology_natively_behind_haproxy_passes_a_smoke_journey(tmp_path: Path) -> None:
     if not HAPROXY:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
-    pytest.importorskip("statelab.balancer.engine", reason="the balancer engines have not landed yet")
     from statelab.topology import Lab, LabSpec
 
     lab = Lab(LabSpec(app="stateless", lb="haproxy", instances=2, run_dir=tmp_path, seed_users=50))

@@ -201,7 +201,6 @@ def _logins(summary: LoadSummary) -> int:
 @pytest.mark.parametrize("app", ["stateless", "stateful"])
 def test_locust_sees_what_a_rolling_deploy_does_to_users(app: str, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("statelab.balancer.engine", reason="the balancer engines have not landed yet")
     from statelab.topology import Lab, LabSpec
 
     monkeypatch.setenv("LAB_LOCUST_THINK_S", "0.2")

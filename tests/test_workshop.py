@@ -82,7 +82,8 @@ def test_every_variable_the_guide_sets_is_read_somewhere() -> None:
 
 
 def test_the_guide_names_only_existing_scenarios() -> None:
-    runner = pytest.importorskip("statelab.runner", reason="the scenario runner has not landed yet")
+    from statelab import runner
+
     names = {s.name for s in runner.all_scenarios()}
     for _, argv in statelab_commands():
         if argv[1] == "run":
@@ -92,8 +93,6 @@ def test_the_guide_names_only_existing_scenarios() -> None:
 @pytest.mark.live
 @pytest.mark.parametrize("argv", cheap_runs(), ids=lambda argv: " ".join(argv[1:]))
 def test_the_quick_scenario_runs_in_the_guide_work(argv: list[str], tmp_path: Path) -> None:
-    pytest.importorskip("statelab.scenario", reason="the scenario framework has not landed yet")
-    pytest.importorskip("statelab.balancer.engine", reason="the balancer engines have not landed yet")
     assert "--quick" in argv, "the guide's scenario runs are the quick ones (the test runs them as written)"
     journal = tmp_path / "journal.json"
     result = subprocess.run([sys.executable, "-m", "statelab", *argv[1:], "--run-dir", str(tmp_path / "run"),
