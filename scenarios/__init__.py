@@ -163,10 +163,16 @@ class Harness:
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def finish(self, *crowds: CrowdHandle, timeout_s: float = 20.0) -> list[CrowdResult]:
-        """Stop the crowds and return their results; then stop the samplers."""
+        """Stop the crowds and return their results; then stop the samplers.
+
+        A case whose users got no answer at all from the target measured nothing: that is a
+        ScenarioError (an `error` outcome), never a finding.
+        """
         for c in crowds:
             c.stop()
         results = [c.result(timeout_s) for c in crowds]
+        if crowds and not any(r.answered for r in results):
+            raise ScenarioError(no_answer_reason(self.base_url, results))
         self.progress.watch(None)
         if self.records is not None:
             self.records.stop()
@@ -216,6 +222,18 @@ def crowd_series(result: CrowdResult, offset_s: float = 0.0) -> tuple[Series, ..
             pick("items lost", "1/s", lambda b: b.items_lost))  # type: ignore[attr-defined]
 
 
+def no_answer_reason(url: str, results: Sequence[CrowdResult]) -> str:
+    """Say in one line that the users got no answer from url, and what they got instead."""
+    sent = sum(r.requests for r in results)
+    kinds: dict[str, int] = {}
+    for r in results:
+        for kind, n in r.errors.items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    got = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()) if n) or "nothing"
+    return (f"the users got no answer from {url}: {sent} requests sent, errors by kind: {got}; "
+            f"is anything listening there?")
+
+
 def failed_requests(result: CrowdResult) -> int:
     """Return requests that failed for the user: no answer, timeouts, resets and 5xx (not 4xx)."""
     return sum(n for kind, n in result.errors.items() if kind != "4xx")
@@ -246,4 +264,5 @@ def scale_profile(full: int, quick: bool, quick_value: int, users: int | None) -
     return quick_value if quick else full
 
 
-__all__: Sequence[str] = ["Harness", "crowd_series", "error_notes", "failed_requests", "live_line", "scale_profile"]
+__all__: Sequence[str] = ["Harness", "crowd_series", "error_notes", "failed_requests", "live_line", "no_answer_reason",
+                          "scale_profile"]

@@ -190,7 +190,7 @@ class LocalDiskUpload:
             expected = 100 * (instances - 1) / instances
             share = 100 * tally.failed / tally.follow_ups if tally.follow_ups else 0.0
             latency = measure.latency(h.hits, "whole run") if h.hits else measure.Latency(
-                result.latency.p50_ms, result.latency.p99_ms, result.requests, "whole run")
+                result.latency.p50_ms, result.latency.p99_ms, result.latency.count, "whole run")
             figures = (
                 Figure("users", "simulated users", result.users, "users"),
                 Figure("instances", "instances behind round-robin", instances, ""),

@@ -102,12 +102,12 @@ class NatHotspot:
         rest_hits = [x for x in hits if hottest is None or x.backend != hottest.instance]
         rest_latency = measure.latency(rest_hits, "other instances", ok_only=False)
         latency = measure.latency(hits, "whole run") if hits else measure.Latency(
-            result.latency.p50_ms, result.latency.p99_ms, result.requests, "whole run")
+            result.latency.p50_ms, result.latency.p99_ms, result.latency.count, "whole run")
         idle = sum(1 for i in instances if total and i.share < IDLE_SHARE)
         figures = (
             Figure("users", "simulated users", result.users, "users"),
             Figure("nat_users", "users behind one NAT address", result.nat_users, "users"),
-            Figure("requests", "requests served", total or result.requests, "req"),
+            Figure("requests", "requests served", total or result.answered, "req"),
             Figure("hottest_share", "busiest instance's share", round(100 * hottest.share, 1) if hottest else math.nan,
                    "%"),
             Figure("fair_share", "fair share per instance", round(100 / len(instances), 1) if instances else math.nan,

@@ -299,9 +299,17 @@ def judge(m: Measurements, tolerances: Sequence[Tolerance], preconditions: Seque
     """
     for pre in preconditions:
         value = m.value(pre.figure)
+        if math.isnan(value):
+            return Verdict("error", f"the measurement is not meaningful: {pre.figure} was not measured"
+                                    + (f" ({pre.why})" if pre.why else ""))
         if not pre.holds(value):
             return Verdict("error", f"the measurement is not meaningful: needed {pre.describe()}, "
                                     f"measured {_fmt(value)}" + (f" ({pre.why})" if pre.why else ""))
+    # A figure the run did not measure breaks no tolerance: the verdict cannot be given at all.
+    missing = [t.figure for t in tolerances if math.isnan(m.value(t.figure))]
+    if missing:
+        return Verdict("error", f"no verdict: the run did not measure {', '.join(dict.fromkeys(missing))}, "
+                                f"which the tolerances need")
     checks = tuple(Check(t, m.value(t.figure), t.holds(m.value(t.figure))) for t in tolerances)
     broken = [c for c in checks if not c.held]
     if not broken:

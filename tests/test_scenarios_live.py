@@ -131,3 +131,21 @@ def test_the_nat_lesson_holds_behind_haproxy(tmp_path: Path, children_before: se
     assert stateful.figure("max_mean_ratio") > 2.0 and stateful.outcome == "reproduced"
     assert stateless.figure("max_mean_ratio") < 1.3 and stateless.outcome == "survived"
     assert not (_children() - children_before), "processes left running after the HAProxy run"
+
+
+@pytest.mark.parametrize("scenario", ["nat-hotspot", "local-disk-upload"])
+def test_a_run_against_a_target_that_never_answers_is_an_error_not_a_finding(
+        scenario: str, tmp_path: Path) -> None:
+    """Nothing listening: the users got no answer, so the case is `error` (exit 2) with a one-line reason."""
+    from statelab.cli import main
+    from statelab.procs import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    out = tmp_path / "run.json"
+    code = main(["run", scenario, "--quick", "--app", "stateful", "--target", dead, "--json", str(out),
+                 "--run-dir", str(tmp_path / "runs"), "--users", "20"])
+    assert code == 2
+    (result,) = json.loads(out.read_text())["results"]
+    assert result["outcome"] == "error" and not result["matched"]
+    assert result["explanation"].startswith(f"the users got no answer from {dead}")
+    assert "\n" not in result["explanation"]

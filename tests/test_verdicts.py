@@ -150,7 +150,26 @@ def test_quick_profiles_are_smaller_and_users_override() -> None:
 
 def test_nan_never_satisfies_a_tolerance() -> None:
     assert not Tolerance("x", "<=", 0).holds(math.nan)
-    assert judge(m(), (Tolerance("x", "<=", 0),)).outcome == "reproduced"
+
+
+def test_a_tolerance_whose_figure_is_missing_is_never_broken_the_case_is_an_error() -> None:
+    v = judge(m(y=1), (Tolerance("x", "<=", 0), Tolerance("y", "<=", 0)))
+    assert v.outcome == "error" and "x" in v.explanation and "not measure" in v.explanation
+    assert v.checks == ()
+    v = judge(m(x=math.nan, y=0), (Tolerance("x", "<=", 0), Tolerance("y", "<=", 0)))
+    assert v.outcome == "error"
+
+
+def test_a_precondition_whose_figure_is_missing_is_an_error_naming_it() -> None:
+    v = judge(m(x=0), (Tolerance("x", "<=", 0),), (Tolerance("requests", ">=", 1),))
+    assert v.outcome == "error" and "requests was not measured" in v.explanation
+
+
+@pytest.mark.parametrize("scenario", all_scenarios(), ids=lambda s: s.name)
+def test_every_scenario_errors_when_a_verdict_figure_is_missing(scenario: object) -> None:
+    """A run that measured nothing is never a finding, whichever scenario it is."""
+    v = scenario.verdict(m())  # type: ignore[attr-defined]
+    assert v.outcome == "error"
 
 
 def test_unknown_operator_is_refused() -> None:

@@ -95,6 +95,7 @@ class _Recorder:
     def __init__(self, t0: float) -> None:
         self.t0 = t0
         self.requests = self.errors = self.logins_ok = self.logout_events = 0
+        self.answered = 0  # requests that got an HTTP response (any status) from the target
         self.items_added = self.items_lost = 0
         self.users_started = self.users_active = 0
         self.error_kinds = dict.fromkeys(ERROR_KINDS, 0)
@@ -115,6 +116,7 @@ class _Recorder:
 
     def response(self, now: float, latency_s: float, instance: str, error_kind: str | None) -> None:
         self.requests += 1
+        self.answered += 1
         bucket = self._bucket(now)
         bucket[0] += 1
         if self.timing:

@@ -44,6 +44,7 @@ class CrowdResult:
     nat_users: int
     wall_s: float
     requests: int
+    answered: int  # requests that got an HTTP response of any status (the rest: no answer at all)
     requests_per_s: float
     errors: dict[str, int]
     users_logged_out: int
@@ -102,7 +103,7 @@ def _build_result(base_url: str, journey_name: str, seed: int, population: Popul
     wall = max(wall_s, 1e-9)
     return CrowdResult(
         base_url=base_url, journey=journey_name, seed=seed, users=population.size,
-        nat_users=population.nat_users, wall_s=round(wall_s, 3), requests=rec.requests,
+        nat_users=population.nat_users, wall_s=round(wall_s, 3), requests=rec.requests, answered=rec.answered,
         requests_per_s=round(rec.requests / wall, 1), errors=dict(rec.error_kinds),
         users_logged_out=sum(1 for u in users if u.stats.logout_events),
         logout_events=rec.logout_events,
