@@ -4,8 +4,9 @@
     python compose/haproxy_cfg.py --policy ip-hash --write
 
 The native lab lists its servers (`render_config`); in compose, replicas have no fixed addresses,
-so each app's backend fills server slots from Docker's DNS (`server-template` + `resolvers`)
-instead. The policy lines come from statelab.balancer.haproxy.BALANCE, so both engines agree on
+so each app's backend fills server slots from the engine's DNS (`server-template` + `resolvers`)
+instead. The resolvers come from the container's resolv.conf (`parse-resolv-conf`): Docker puts
+its embedded DNS (127.0.0.11) there, podman its network's aardvark-dns, so one file serves both. The policy lines come from statelab.balancer.haproxy.BALANCE, so both engines agree on
 what `round-robin` or `ip-hash` means; tests/test_compose.py checks the checked-in file is current.
 """
 
@@ -23,7 +24,6 @@ APP_PORT = 8000
 MAX_REPLICAS = 10
 STATS_PORT = 8404
 RUNTIME_API_PORT = 9999
-DNS = "127.0.0.11:53"  # Docker's embedded DNS server, inside every container on a user network
 
 
 def balance_lines(policy: str) -> list[str]:
@@ -43,16 +43,17 @@ def render(policy: str = "round-robin") -> str:
     """Return the complete compose haproxy.cfg for policy."""
     out = [
         f"# Rendered by compose/haproxy_cfg.py (policy {policy}): edit that, not this file.",
-        "# Replicas come from Docker's DNS: the service name answers with one address per replica, and",
-        f"# each backend fills up to {MAX_REPLICAS} server slots from it (`--scale` needs no config change).",
+        "# Replicas come from the engine's DNS (the nameservers of the container's resolv.conf): the",
+        "# service name answers with one address per replica, and each backend fills up to",
+        f"# {MAX_REPLICAS} server slots from it (`--scale` needs no config change).",
         "# `init-addr none` lets HAProxy start (and `haproxy -c` pass) before any name resolves.",
         "global",
         "    log stdout format raw local0 info",
         f"    stats socket ipv4@0.0.0.0:{RUNTIME_API_PORT} level admin",
         "    maxconn 4096",
         "",
-        "resolvers docker",
-        f"    nameserver dns {DNS}",
+        "resolvers dns",
+        "    parse-resolv-conf",
         "    resolve_retries 3",
         "    timeout resolve 1s",
         "    timeout retry 1s",
@@ -71,7 +72,7 @@ def render(policy: str = "round-robin") -> str:
         "    timeout server 60s",
         "    timeout http-request 10s",
         "    timeout http-keep-alive 60s",
-        "    default-server init-addr none resolvers docker check inter 1s rise 2 fall 2",
+        "    default-server init-addr none resolvers dns check inter 1s rise 2 fall 2",
     ]
     for app, port in APPS:
         out += ["", f"frontend {app}", f"    bind :{port}", f"    default_backend {app}"]
