@@ -136,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="target URL (default: the running lab's balancer)")
     _add_state_file(p)
     p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("lint", help="find the state anti-patterns of the scenarios in deployment files",
+                       description="Read Kubernetes manifests, compose files and HAProxy configs and report what "
+                                   "the lab's scenarios show breaking: per-replica disks, client-IP affinity, "
+                                   "sticky cookies with an autoscaler, missing readiness checks, preStop pauses "
+                                   "that use up the grace period, rollouts that take half the replicas, "
+                                   "PodDisruptionBudgets relied on for rollouts. Exit 0 when clean, 1 when a "
+                                   "finding reaches --fail-on, 2 when an input cannot be read.")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a file, a directory (each kustomization in it is rendered with kustomize or kubectl), "
+                        "or - for standard input")
+    p.add_argument("--format", choices=("text", "json", "sarif"), default="text", dest="output_format")
+    p.add_argument("--fail-on", choices=("warning", "error"), default="warning",
+                   help="exit 1 when a finding is at least this bad (default: warning)")
+    p.set_defaults(func=cmd_lint)
     return parser
 
 
@@ -267,6 +282,15 @@ def cmd_load(args: argparse.Namespace) -> int:
     from statelab.loadgen import run_locust
 
     return run_locust(args)
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from statelab.lint import lint_paths
+    from statelab.report import lint as report
+
+    result = lint_paths(args.paths)
+    report.show(result, args.output_format)
+    return EXIT_DEVIATED if result.reaches(args.fail_on) else EXIT_OK
 
 
 # --- entry point ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@
      +-- ServiceFailed      a child process exited or never became ready (carries the log tail)
      +-- ControlError       the control API of a running lab refused or could not be reached
      +-- ScenarioError      a scenario itself broke (an `error` outcome, never a finding)
+     +-- LintInputError     `statelab lint` cannot read an input (names the file and line)
 """
 
 from __future__ import annotations
@@ -37,3 +38,7 @@ class ControlError(LabError):
 
 class ScenarioError(LabError):
     """The scenario itself failed; its outcome is `error`, not a finding."""
+
+
+class LintInputError(LabError):
+    """A file given to `statelab lint` is unreadable or malformed."""
