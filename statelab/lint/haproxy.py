@@ -44,10 +44,14 @@ def inherited(section: Section, defaults: Section | None, keyword: str) -> Direc
 
 
 def client_ip_affinity(config: HAProxyConfig) -> Iterator[Finding]:
-    """`balance source` in front of more than one server: one NAT address, one server."""
+    """`balance source` in front of more than one server: one NAT address, one server.
+
+    Not with `hash-balance-factor`: bounded-load consistent hashing caps what one server takes.
+    """
     for section, defaults in proxies(config):
         balance = inherited(section, defaults, "balance")
-        if balance and balance.words[1:2] == ("source",) and server_count(section) > 1:
+        bounded = inherited(section, defaults, "hash-balance-factor")
+        if balance and balance.words[1:2] == ("source",) and not bounded and server_count(section) > 1:
             yield finding("client-ip-affinity", config.source.path, balance.line, f"{section.kind} {section.name}",
                           f"balance source sends each client address to one of its {server_count(section)} servers: "
                           "every client behind one NAT or proxy address lands on the same server",

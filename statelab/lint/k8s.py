@@ -238,7 +238,7 @@ def max_unavailable_half(cluster: Cluster) -> Iterator[Finding]:
         down = rollout_unavailable(w)
         if 2 * down >= w.min_replicas:
             recreate = get(w.manifest.data, "spec", "strategy", "type") == "Recreate"
-            how = "strategy Recreate stops every pod" if recreate else f"maxUnavailable lets {down} pods go"
+            how = "strategy Recreate stops every pod" if recreate else f"maxUnavailable lets {down} pod{'s' if down != 1 else ''} go"
             yield finding("max-unavailable-half", subject=w.manifest.ref,
                           **_where(w.manifest, line_of(w.manifest.data, "spec", "strategy",
                                                        "type" if recreate else "rollingUpdate")),
