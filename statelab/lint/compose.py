@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 from statelab.lint.findings import Finding, finding
-from statelab.lint.sources import ComposeFile, YList, YMap, get
+from statelab.lint.sources import ComposeFile, YList, get
 
 
 def replicas(service: Any) -> int:
@@ -46,11 +46,6 @@ def local_disk(compose: ComposeFile) -> Iterator[Finding]:
                               f"{count} replicas write to {target}, a directory of the host they run on: on more "
                               "than one host (or once it is a volume per replica) a file written through one "
                               "replica is missing on the others", compose.source.rendered)
-
-
-def services(compose: ComposeFile) -> YMap:
-    found = compose.data.get("services")
-    return found if isinstance(found, YMap) else YMap(compose.data.line)
 
 
 RULES: tuple[Callable[[ComposeFile], Iterator[Finding]], ...] = (local_disk,)

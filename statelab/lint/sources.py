@@ -183,7 +183,7 @@ def display(path: Path) -> str:
 def parse_yaml(text: str, source: Source, into: Inputs) -> None:
     """Add the Kubernetes objects and compose files among the YAML documents of text."""
     try:
-        documents = list(yaml.load_all(text, Loader=_LineLoader))  # noqa: S506 - a SafeLoader subclass
+        documents = list(yaml.load_all(text, Loader=_LineLoader))  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source.path}{' (rendered)' if source.rendered else ''}:{mark.line + 1 if mark else '?'}"
