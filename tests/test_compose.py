@@ -237,16 +237,17 @@ def engine_problem() -> str | None:
     """Return why no Docker API answers (DOCKER_HOST, else Docker's default socket), or None."""
     host = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
     url = urlsplit(host)
+    if url.scheme not in ("unix", "tcp") or (url.scheme == "tcp" and not url.hostname):
+        return f"DOCKER_HOST={host} is neither unix:// nor tcp://HOST"
     try:
         if url.scheme == "unix":
             conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            conn.settimeout(5)
-            conn.connect(url.path)
-        elif url.scheme == "tcp" and url.hostname:
-            conn = socket.create_connection((url.hostname, url.port or 2375), timeout=5)
         else:
-            return f"DOCKER_HOST={host} is neither unix:// nor tcp://"
+            conn = socket.create_connection((str(url.hostname), url.port or 2375), timeout=5)
         with conn:
+            if url.scheme == "unix":
+                conn.settimeout(5)
+                conn.connect(url.path)
             conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
             answer = conn.recv(4096)
     except OSError as exc:
