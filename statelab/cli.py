@@ -151,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on", choices=("warning", "error"), default="warning",
                    help="exit 1 when a finding is at least this bad (default: warning)")
     p.set_defaults(func=cmd_lint)
+
+    p = sub.add_parser("faults", help="run a fault proxy (latency, bandwidth, resets, down) in front of TCP services",
+                       description="A user-space TCP fault proxy with Toxiproxy's vocabulary and routes: add "
+                                   "toxics with its JSON API (e.g. curl -d '{\"type\":\"latency\",\"attributes\":"
+                                   "{\"latency\":50}}' API/proxies/NAME/toxics) while traffic flows.")
+    p.add_argument("--api-port", type=int, default=0, help="loopback port of the JSON API (default: a free one)")
+    p.add_argument("--proxy", action="append", default=[], metavar="NAME=LISTEN=UPSTREAM",
+                   help="a proxy to create at start, e.g. s3=127.0.0.1:18333=127.0.0.1:8333; repeat for more")
+    p.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
+    p.set_defaults(func=cmd_faults)
     return parser
 
 
@@ -291,6 +301,31 @@ def cmd_lint(args: argparse.Namespace) -> int:
     result = lint_paths(args.paths)
     report.show(result, args.output_format)
     return EXIT_DEVIATED if result.reaches(args.fail_on) else EXIT_OK
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    from statelab.faults.api import FaultServer, ProxySpec, serve_forever
+    from statelab.faults.toxics import ToxicError
+    from statelab.report import lab as report
+
+    try:
+        specs = [ProxySpec.parse(text) for text in args.proxy]
+    except ToxicError as exc:
+        report.error(str(exc))
+        return EXIT_ERROR
+
+    def ready(url: str, faults: FaultServer) -> None:
+        report.line(f"fault proxy API on {url}")
+        for proxy in faults.proxies.values():
+            report.line(f"  {proxy.name}: {proxy.to_json()['listen']} -> {proxy.to_json()['upstream']}")
+        report.flush()
+
+    try:
+        serve_forever("127.0.0.1", args.api_port, specs, use_uvloop=not args.no_uvloop, ready=ready)
+    except ToxicError as exc:
+        report.error(str(exc))
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 # --- entry point ------------------------------------------------------------------------------

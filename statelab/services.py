@@ -291,3 +291,22 @@ def start_worker(name: str, run_dir: Path, env: Mapping[str, str]) -> Service:
     proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", env=child_env,
                           cwd=Path(__file__).resolve().parent.parent).start()
     return Service(name, proc, env["LAB_REDIS_URL"])
+
+
+def start_faults(run_dir: Path, proxies: Mapping[str, str], name: str = "faults") -> Service:
+    """Start a fault proxy (`statelab faults`) with one proxy per name -> upstream "host:port".
+
+    Each proxy listens on a free port of its own, read back from extra[<name>] as "127.0.0.1:port";
+    the API URL is the service's url (drive it with statelab.faults.FaultClient).
+    """
+    api_port = free_port()
+    listens = {proxy: f"127.0.0.1:{free_port()}" for proxy in proxies}
+    argv = [sys.executable, "-m", "statelab", "faults", "--api-port", str(api_port)]
+    for proxy, upstream in proxies.items():
+        argv += ["--proxy", f"{proxy}={listens[proxy]}={upstream}"]
+    url = f"http://127.0.0.1:{api_port}"
+    proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log",
+                          probe=http_probe(url + "/version", lambda s: s == 200),
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=Path(__file__).resolve().parent.parent,
+                          stop_grace_s=2.0).start()
+    return Service(name, proc, url, extra=dict(listens), respawn=lambda: start_faults(run_dir, proxies, name))
