@@ -56,7 +56,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         carts=CartStore(),
         cache=ProductCache(config.cache_ttl_s),
         uploads=uploads,
-        jobs=JobRunner(uploads),
+        jobs=JobRunner(uploads, delay_s=config.job_delay_s),
     )
     errors.register(app)
     app.register_blueprint(views.bp)

@@ -56,6 +56,7 @@ class Config:
     max_upload_bytes: int
     store_timeout_s: float
     upload_dir: Path
+    job_delay_s: float  # a job sleeps this long after its effect (a window to kill it in)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -72,4 +73,5 @@ class Config:
             max_upload_bytes=_int(env, "MAX_UPLOAD_BYTES", 10 * 1024 * 1024, 1, 1 << 31),
             store_timeout_s=_float(env, "STORE_TIMEOUT_S", 1.0, 0.05, 60.0),
             upload_dir=Path(_str(env, "UPLOAD_DIR", str(default_dir))),
+            job_delay_s=_float(env, "JOB_DELAY_S", 0.0, 0.0, 600.0),
         )

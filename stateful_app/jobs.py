@@ -1,7 +1,9 @@
 """Background jobs: a thread pool in this process and a dict of job records.
 
 The queue and its results live and die with this process: a job queued here is unknown to other
-instances, it can only read uploads on this instance's disk, and a restart loses every job.
+instances, it can only read uploads on this instance's disk, and a restart or a crash loses every
+job, the running ones included. Nothing runs a job twice, so its effect needs no guard; nothing
+runs a lost job again either.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import hashlib
 import re
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,10 +38,12 @@ def process_upload(uploads: UploadStore, key: str, owner_id: int) -> dict[str, A
 class JobRunner:
     """Runs jobs on worker threads of this process and remembers their status and result."""
 
-    def __init__(self, uploads: UploadStore, workers: int = 2) -> None:
+    def __init__(self, uploads: UploadStore, workers: int = 2, delay_s: float = 0.0) -> None:
         self._uploads = uploads
+        self._delay_s = delay_s
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lab-job")
         self._jobs: dict[str, dict[str, Any]] = {}
+        self._effects: dict[str, int] = {}  # the job's effect (see the stateless app), in this process
         self._lock = threading.Lock()
         self.queued = 0
 
@@ -54,7 +59,11 @@ class JobRunner:
     def _run(self, job_id: str, key: str, owner_id: int) -> None:
         self._set(job_id, "running", None)
         try:
-            self._set(job_id, "done", process_upload(self._uploads, key, owner_id))
+            summary = process_upload(self._uploads, key, owner_id)
+            with self._lock:
+                self._effects[job_id] = self._effects.get(job_id, 0) + 1
+            time.sleep(self._delay_s)  # LAB_JOB_DELAY_S: a window in which a crash loses the job
+            self._set(job_id, "done", summary)
         except Exception as exc:  # a failed job is a result, not a crash of the worker thread
             self._set(job_id, "failed", {"error": f"{type(exc).__name__}: {exc}"})
 
@@ -63,12 +72,14 @@ class JobRunner:
             self._jobs[job_id] = {"status": status, "result": result}
 
     def status(self, job_id: str) -> dict[str, Any] | None:
-        """Return {"status", "result"} of a job this process knows, else None."""
+        """Return {"status", "result", "attempts", "effects"} of a job this process knows, else None."""
         if not JOB_ID_PATTERN.fullmatch(job_id):
             return None
         with self._lock:
             job = self._jobs.get(job_id)
-            return dict(job) if job else None
+            if job is None:
+                return None
+            return {**job, "attempts": 0 if job["status"] == "queued" else 1, "effects": self._effects.get(job_id, 0)}
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

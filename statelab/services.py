@@ -30,7 +30,6 @@ S3_PORT_NAMES = (
 )
 POSTGRES_USER = "lab"
 POSTGRES_DB = "statelab"
-JOB_QUEUE = "statelab-jobs"
 READY_TIMEOUT_S = 20.0
 START_ATTEMPTS = 3
 PORT_CLASH = ("address already in use", "not available", "bind: address", "Address already in use")
@@ -140,16 +139,26 @@ def _unprivileged_bindir(bindir: Path, cache_root: Path) -> Path:
 
 # --- recipes ----------------------------------------------------------------------------------
 
-def start_redis(run_dir: Path, port: int | None = None) -> Service:
-    """Start a real redis-server on loopback with persistence off."""
+def start_redis(run_dir: Path, port: int | None = None, *, name: str = "redis", appendonly: bool = False,
+                replicaof: tuple[str, int] | None = None) -> Service:
+    """Start a real redis-server on loopback; persistence off unless appendonly.
+
+    With appendonly, every write goes to an append-only file (`appendfsync everysec`) in
+    run_dir/<name>, so the same call again (same name and port, after a kill -9) replays it. With
+    replicaof, the server is a replica of that master and is ready once its link to it is up.
+    """
     port = port or free_port()
-    data = run_dir / "redis"
+    data = run_dir / name
     data.mkdir(parents=True, exist_ok=True)
     argv = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(data), "--protected-mode", "no", "--daemonize", "no"]
-    proc = ManagedProcess("redis", argv, run_dir / "logs" / "redis.log", probe=_redis_probe(port)).start()
-    return Service("redis", proc, f"redis://127.0.0.1:{port}/0", extra={"port": str(port)},
-                   respawn=lambda: start_redis(run_dir))
+            "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec", "--dir", str(data),
+            "--protected-mode", "no", "--daemonize", "no"]
+    if replicaof is not None:
+        argv += ["--replicaof", replicaof[0], str(replicaof[1])]
+    probe = _replica_probe(port) if replicaof is not None else _redis_probe(port)
+    proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", probe=probe).start()
+    return Service(name, proc, f"redis://127.0.0.1:{port}/0", extra={"port": str(port)},
+                   respawn=lambda: start_redis(run_dir, name=name, appendonly=appendonly, replicaof=replicaof))
 
 
 def _redis_probe(port: int) -> Probe:
@@ -162,6 +171,99 @@ def _redis_probe(port: int) -> Probe:
             return False
 
     return probe
+
+
+def _replica_probe(port: int) -> Probe:
+    import redis
+
+    def probe() -> bool:
+        try:
+            info = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5).info("replication")
+        except redis.RedisError:
+            return False
+        return info.get("master_link_status") == "up"
+
+    return probe
+
+
+SENTINEL_MASTER = "statelab"
+
+
+def start_sentinel(run_dir: Path, master: tuple[str, int], name: str = "sentinel", port: int | None = None,
+                   master_name: str = SENTINEL_MASTER, quorum: int = 1, down_after_ms: int = 1000,
+                   failover_timeout_ms: int = 3000) -> Service:
+    """Start a Redis Sentinel watching master (redis-server --sentinel, with a config file it may rewrite).
+
+    The defaults fail over fast enough for a lab: the master is "down" after down_after_ms without
+    an answer, and one Sentinel is a quorum. Ready once it knows the master.
+    """
+    port = port or free_port()
+    home = run_dir / name
+    home.mkdir(parents=True, exist_ok=True)
+    conf = home / "sentinel.conf"
+    conf.write_text("\n".join([
+        f"port {port}", "bind 127.0.0.1", "protected-mode no", "daemonize no", f"dir {home}",
+        f"sentinel monitor {master_name} {master[0]} {master[1]} {quorum}",
+        f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+        f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
+        f"sentinel parallel-syncs {master_name} 1", ""]))
+    argv = [str(find_redis_server()), str(conf), "--sentinel"]
+    proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", probe=_sentinel_probe(port, master_name)).start()
+    return Service(name, proc, f"127.0.0.1:{port}", extra={"port": str(port), "master_name": master_name},
+                   respawn=lambda: start_sentinel(run_dir, master, name, None, master_name, quorum, down_after_ms,
+                                                  failover_timeout_ms))
+
+
+def _sentinel_probe(port: int, master_name: str) -> Probe:
+    import redis
+
+    def probe() -> bool:
+        try:
+            client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+            return client.execute_command("SENTINEL", "get-master-addr-by-name", master_name) is not None
+        except redis.RedisError:
+            return False
+
+    return probe
+
+
+@dataclass
+class RedisHA:
+    """A master, a replica and Sentinels: Redis that survives the death of its master (by failing over)."""
+
+    master: Service
+    replica: Service
+    sentinels: list[Service]
+    master_name: str = SENTINEL_MASTER
+
+    def app_env(self) -> dict[str, str]:
+        """The LAB_* variables that make the stateless app and its workers find the master through Sentinel."""
+        return {"LAB_REDIS_SENTINELS": ",".join(s.url for s in self.sentinels), "LAB_REDIS_MASTER": self.master_name}
+
+    def stop(self) -> None:
+        for service in [*self.sentinels, self.replica, self.master]:
+            service.stop()
+
+
+def start_redis_ha(run_dir: Path, sentinels: int = 1, appendonly: bool = False, down_after_ms: int = 1000) -> RedisHA:
+    """Start a master, one replica and `sentinels` Sentinels (quorum: a majority), all ready."""
+    started: list[Service] = []
+    try:
+        master = start_redis(run_dir, name="redis", appendonly=appendonly).wait_ready()
+        started.append(master)
+        where = ("127.0.0.1", int(master.extra["port"]))
+        replica = start_redis(run_dir, name="redis-replica", appendonly=appendonly, replicaof=where)
+        started.append(replica)
+        watchers = [start_sentinel(run_dir, where, name=f"sentinel-{i + 1}", quorum=sentinels // 2 + 1,
+                                   down_after_ms=down_after_ms) for i in range(sentinels)]
+        started += watchers
+        for service in [replica, *watchers]:
+            service.wait_ready()
+        return RedisHA(master, replica, watchers)
+    except BaseException:
+        for service in reversed(started):
+            service.stop()
+        raise
 
 
 def start_postgres(run_dir: Path, port: int | None = None) -> Service:
@@ -283,14 +385,17 @@ def start_app(kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str]
 
 
 def start_worker(name: str, run_dir: Path, env: Mapping[str, str]) -> Service:
-    """Start an RQ worker for the stateless app's job queue (no fork per job, for speed)."""
+    """Start a job worker for the stateless app's queue (stateless_app.jobs.LabWorker: RQ, no fork per job).
+
+    It finds Redis as the app does (LAB_REDIS_URL, or LAB_REDIS_SENTINELS), and re-queues the
+    jobs of a worker that died mid-job within seconds.
+    """
     child_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    argv = [sys.executable, "-m", "rq.cli", "worker", "--url", env["LAB_REDIS_URL"],
-            "--worker-class", "rq.worker.SimpleWorker", "--name", f"{name}-{os.getpid()}-{free_port()}",
-            "--logging_level", "WARNING", JOB_QUEUE]
+    argv = [sys.executable, "-c", "import sys; from stateless_app.jobs import run_worker; sys.exit(run_worker(sys.argv[1:]))",
+            f"{name}-{os.getpid()}-{free_port()}"]
     proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", env=child_env,
                           cwd=Path(__file__).resolve().parent.parent).start()
-    return Service(name, proc, env["LAB_REDIS_URL"])
+    return Service(name, proc, env.get("LAB_REDIS_URL", ""))
 
 
 def start_faults(run_dir: Path, proxies: Mapping[str, str], name: str = "faults") -> Service:

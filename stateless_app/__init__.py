@@ -15,6 +15,7 @@ import redis
 from flask import Flask, Response
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from stateless_app import errors, views
 from stateless_app.cache import ProductCache
@@ -49,10 +50,16 @@ class Lab:
 
 
 def connect_redis(config: Config) -> redis.Redis:
-    """Return a Redis client that fails fast when Redis is down (one immediate retry, no backoff)."""
-    return redis.Redis.from_url(config.redis_url, socket_timeout=config.store_timeout_s,
-                                socket_connect_timeout=config.store_timeout_s, retry=Retry(NoBackoff(), 1),
-                                health_check_interval=30)
+    """Return a Redis client that fails fast when Redis is down (one immediate retry, no backoff).
+
+    With LAB_REDIS_SENTINELS, the client asks the Sentinels where the master is, and asks again
+    after a failed call: after a failover, the retry already reaches the new master.
+    """
+    timeouts = {"socket_timeout": config.store_timeout_s, "socket_connect_timeout": config.store_timeout_s}
+    if config.redis_sentinels:
+        sentinel = Sentinel(list(config.redis_sentinels), sentinel_kwargs=timeouts, **timeouts)
+        return sentinel.master_for(config.redis_master, retry=Retry(NoBackoff(), 1), health_check_interval=30)
+    return redis.Redis.from_url(config.redis_url, retry=Retry(NoBackoff(), 1), health_check_interval=30, **timeouts)
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:

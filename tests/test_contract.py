@@ -126,7 +126,8 @@ def test_process_upload_job(client: FlaskClient, username: str, backing_worker: 
     assert response.status_code == 202
     done = wait_for_job(client, response.get_json()["job_id"])
     assert done == {"status": "done", "result": {"lines": 3, "words": 6, "size": len(data),
-                                                 "sha256": hashlib.sha256(data).hexdigest()}}
+                                                 "sha256": hashlib.sha256(data).hexdigest()},
+                    "attempts": 1, "effects": 1}
     assert client.post(f"/uploads/{random_key()}/process").status_code == 404
     assert client.get(f"/jobs/{random_key()}").status_code == 404
 
