@@ -85,8 +85,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         uploads=uploads,
         jobs=JobRunner(client),
         redis=client,
-        tokens=Tokens(client, config.secret_key, config.jwt_access_ttl_s, config.jwt_refresh_ttl_s)
-        if config.auth_mode == "jwt" else None,
+        tokens=Tokens(client, config.secret_key, config.jwt_access_ttl_s, config.jwt_refresh_ttl_s,
+                      config.jwt_revocation, config.jwt_reuse_detection) if config.auth_mode == "jwt" else None,
     )
     errors.register(app)
     app.register_blueprint(views.bp)

@@ -49,7 +49,7 @@ def _bearer() -> str | None:
 def _current_user() -> dict[str, Any] | None:
     lab = _lab()
     bearer = _bearer()
-    if lab.tokens is not None and bearer is not None:  # jwt mode: no lookup but the denylist
+    if lab.tokens is not None and bearer is not None:  # jwt mode: no lookup but the denylist, if any
         return lab.tokens.user_of(bearer)
     return lab.sessions.get(request.cookies.get(COOKIE_NAME))
 
@@ -84,7 +84,7 @@ def login() -> Response:
 def logout() -> Response:
     tokens, bearer = _lab().tokens, _bearer()
     if tokens is not None and bearer is not None:
-        tokens.revoke(bearer)
+        tokens.logout(bearer)
     _lab().sessions.delete(request.cookies.get(COOKIE_NAME))
     response = Response(status=204)
     response.delete_cookie(COOKIE_NAME, httponly=True, samesite="Lax")
