@@ -70,8 +70,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update({k: v for k, v in overrides.items() if not k.startswith("LAB_")})
     app.config["MAX_CONTENT_LENGTH"] = config.max_upload_bytes
     client = connect_redis(config)
-    uploads = UploadStore(connect_s3(config.s3_endpoint, config.s3_access_key, config.s3_secret_key,
-                                     config.store_timeout_s), config.s3_bucket)
+    s3 = connect_s3(config.s3_endpoint, config.s3_access_key, config.s3_secret_key, config.store_timeout_s)
+    presigner = s3 if config.s3_public_endpoint == config.s3_endpoint else connect_s3(
+        config.s3_public_endpoint, config.s3_access_key, config.s3_secret_key, config.store_timeout_s)
+    uploads = UploadStore(s3, config.s3_bucket, presigner, config.s3_presign_ttl_s, config.s3_read_cache_bytes)
     try:
         uploads.ensure_bucket()
     except Exception as exc:  # S3 may come up after the app; the first upload tries again

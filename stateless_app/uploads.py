@@ -2,6 +2,12 @@
 
 The client's file name is only sanitised metadata and the owner rides in the object's metadata, so
 every instance (and the job worker) can serve any upload, and no name can reach a local path.
+
+S3 is slower than a disk, so two mitigations: with LAB_S3_DOWNLOADS=presigned a download answers a
+redirect to a short-lived presigned URL (the bytes go from S3 to the client, not through the app;
+only the owner gets the URL), and LAB_S3_READ_CACHE_BYTES keeps recently read uploads in this
+process (safe without invalidation: an upload never changes, and losing the cache loses nothing).
+An S3 PUT is all or nothing: an upload cut short leaves no object behind.
 """
 
 from __future__ import annotations
@@ -10,7 +16,10 @@ import hashlib
 import io
 import re
 import secrets
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import urllib3
@@ -39,9 +48,12 @@ def clean_filename(name: str | None) -> str:
 
 
 def connect_s3(endpoint: str, access_key: str, secret_key: str, timeout_s: float) -> Minio:
-    """Return an S3 client whose every call gives up within a few timeouts (one quick retry)."""
+    """Return an S3 client that gives up on a silent S3 within timeout_s (a refused connect is retried once).
+
+    The read timeout bounds each silence, not a whole transfer, so a big upload at a steady pace is fine.
+    """
     http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s * 2), maxsize=16,
+        timeout=urllib3.Timeout(connect=timeout_s, read=timeout_s), maxsize=16,
         retries=urllib3.Retry(total=1, connect=1, read=0, redirect=0, status=0, backoff_factor=0.05),
     )
     url = urlsplit(endpoint)
@@ -50,12 +62,47 @@ def connect_s3(endpoint: str, access_key: str, secret_key: str, timeout_s: float
                  region="us-east-1", http_client=http)
 
 
+class ObjectCache:
+    """Recently read uploads in this process: key -> (owner id, bytes), least recently used out first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key: str) -> tuple[int, bytes] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+            return entry
+
+    def put(self, key: str, owner_id: int, data: bytes) -> None:
+        if len(data) > self.max_bytes // 4:  # one big file must not flush everything else
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (owner_id, data)
+            self._bytes += len(data)
+            while self._bytes > self.max_bytes:
+                _, (_, old) = self._entries.popitem(last=False)
+                self._bytes -= len(old)
+
+
 class UploadStore:
     """Objects in one bucket: the key is the object name, owner and file name are its metadata."""
 
-    def __init__(self, client: Minio, bucket: str) -> None:
+    def __init__(self, client: Minio, bucket: str, presigner: Minio | None = None, presign_ttl_s: int = 60,
+                 cache_bytes: int = 0) -> None:
         self.bucket = bucket
         self._s3 = client
+        self._presigner = presigner or client
+        self._presign_ttl = timedelta(seconds=presign_ttl_s)
+        self._cache = ObjectCache(cache_bytes) if cache_bytes else None
         self._bucket_ready = False
 
     def ensure_bucket(self) -> None:
@@ -93,9 +140,21 @@ class UploadStore:
 
     def read(self, key: str, owner_id: int) -> bytes | None:
         """Return the bytes of an upload owned by owner_id, or None (unknown, malformed or not theirs)."""
+        cached = self._cache.get(key) if self._cache is not None else None
+        if cached is not None:
+            return cached[1] if cached[0] == owner_id else None
         if not self.exists(key, owner_id):
             return None
-        return self.read_any(key)
+        data = self.read_any(key)
+        if data is not None and self._cache is not None:
+            self._cache.put(key, owner_id, data)
+        return data
+
+    def presigned_url(self, key: str, owner_id: int) -> str | None:
+        """Return a short-lived URL from which S3 itself serves an upload, only to its owner (else None)."""
+        if not self.exists(key, owner_id):
+            return None
+        return self._presigner.presigned_get_object(self.bucket, key, expires=self._presign_ttl)
 
     def read_any(self, key: str) -> bytes | None:
         """Return an object's bytes whoever owns it (for the job worker), or None when missing."""

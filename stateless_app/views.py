@@ -132,7 +132,15 @@ def upload() -> tuple[Response, int]:
 
 @bp.get("/uploads/<key>")
 def download(key: str) -> Response:
-    data = _lab().uploads.read(key, _require_user()["id"])
+    lab, user = _lab(), _require_user()
+    if lab.config.s3_downloads == "presigned":  # the bytes go from S3 to the client, not through us
+        url = lab.uploads.presigned_url(key, user["id"])
+        if url is None:
+            abort(404, "no such upload")
+        response = jsonify(url=url)
+        response.status_code, response.headers["Location"] = 302, url
+        return response
+    data = lab.uploads.read(key, user["id"])
     if data is None:
         abort(404, "no such upload")
     return Response(data, mimetype="application/octet-stream")
