@@ -92,7 +92,6 @@ class Config:
     job_delay_s: float  # a job sleeps this long after its effect (a window to kill it in)
     job_idempotent: bool  # the job's effect is applied once per job id, however often it runs
     cart_mode: str  # "atomic" (HINCRBY) or "naive" (read-modify-write of a JSON blob)
-    cart_race_delay_ms: int  # naive mode: pause between the read and the write
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "Config":
@@ -131,5 +130,4 @@ class Config:
             job_delay_s=_float(env, "JOB_DELAY_S", 0.0, 0.0, 600.0),
             job_idempotent=_choice(env, "JOB_IDEMPOTENT", "1", ("0", "1")) == "1",
             cart_mode=_choice(env, "CART_MODE", "atomic", ("atomic", "naive")),
-            cart_race_delay_ms=_int(env, "CART_RACE_DELAY_MS", 0, 0, 1000),
         )
