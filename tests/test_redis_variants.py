@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 import pytest
 import redis
+import requests
 from redis.sentinel import Sentinel
 
 from conftest import app_test_config, login, make_app
@@ -174,3 +175,42 @@ def test_sentinel_settings_are_checked_at_start(backing: BackingUrls, tmp_path: 
         make_app("stateless", app_test_config("stateless", backing, tmp_path, LAB_REDIS_SENTINELS="nohost"))
     with pytest.raises(ConfigError, match="LAB_REDIS_URL"):
         make_app("stateless", app_test_config("stateless", backing, tmp_path, LAB_REDIS_URL=""))
+
+
+def test_readyz_follows_a_redis_outage_on_a_live_instance(backing: BackingUrls, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """What a balancer checking /readyz would see: 503s from the moment Redis dies, each answered fast,
+    and 200 again as soon as Redis is back (the client reconnects on its next call)."""
+    own = services.start_redis(tmp_path, name="redis-readyz").wait_ready()
+    port = int(own.extra["port"])
+    env = {**backing.app_env(), "LAB_REDIS_URL": own.url, "LAB_STORE_TIMEOUT_S": "0.5"}
+    app = services.start_app("stateless", "readyz-1", tmp_path, env).wait_ready()
+    http = requests.Session()
+    try:
+        assert http.get(f"{app.url}/readyz", timeout=5).status_code == 200
+        own.process.signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        while (response := http.get(f"{app.url}/readyz", timeout=5)).status_code == 200:
+            assert time.monotonic() - killed_at < 5
+        down_after_s = time.monotonic() - killed_at
+        assert response.status_code == 503 and response.json()["error"].startswith("redis unreachable")
+        answer_s = max(_timed_status(http, f"{app.url}/readyz", 503) for _ in range(5))
+        own.stop()
+        own = services.start_redis(tmp_path, port=port, name="redis-readyz").wait_ready()
+        back_at = time.monotonic()
+        while http.get(f"{app.url}/readyz", timeout=5).status_code != 200:
+            assert time.monotonic() - back_at < 10
+        up_after_s = time.monotonic() - back_at
+    finally:
+        app.stop()
+        own.stop()
+    assert answer_s < 2.0 and up_after_s < 2.0, (answer_s, up_after_s)
+    with capsys.disabled():
+        print(f"\n/readyz: 503 {down_after_s * 1000:.0f} ms after Redis died (each answered in <= {answer_s * 1000:.0f} ms), "
+              f"200 again {up_after_s * 1000:.0f} ms after Redis was back")
+
+
+def _timed_status(http: requests.Session, url: str, status: int) -> float:
+    started = time.monotonic()
+    assert http.get(url, timeout=5).status_code == status
+    return time.monotonic() - started
