@@ -347,6 +347,10 @@ def test_the_api_refuses_bad_input_with_json_errors(faults: FaultClient, proxy: 
     faults.add_toxic(name, "latency", attributes={"latency": 1})
     with pytest.raises(ControlError, match="409"):
         faults.add_toxic(name, "latency", attributes={"latency": 1})
+    faults.set_enabled(name, False)
+    faults.reset()  # every proxy up, every toxic gone
+    state = faults.proxy(name)
+    assert state.enabled and state.toxics == ()
 
 
 def test_an_unreachable_upstream_closes_the_client(faults: FaultClient) -> None:
