@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from statelab.balancer.haproxy import render_config
+from statelab.engines.haproxy import render_config
 from statelab.procs import ManagedProcess, free_port, http_probe, tcp_probe
 
 TINY_BACKEND = r'''

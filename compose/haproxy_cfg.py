@@ -6,7 +6,7 @@
 The native lab lists its servers (`render_config`); in compose, replicas have no fixed addresses,
 so each app's backend fills server slots from the engine's DNS (`server-template` + `resolvers`)
 instead. The resolvers come from the container's resolv.conf (`parse-resolv-conf`): Docker puts
-its embedded DNS (127.0.0.11) there, podman its network's aardvark-dns, so one file serves both. The policy lines come from statelab.balancer.haproxy.BALANCE, so both engines agree on
+its embedded DNS (127.0.0.11) there, podman its network's aardvark-dns, so one file serves both. The policy lines come from statelab.engines.haproxy.BALANCE, so both engines agree on
 what `round-robin` or `ip-hash` means; tests/test_compose.py checks the checked-in file is current.
 """
 
@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from statelab.balancer.haproxy import BALANCE
+from statelab.engines.haproxy import BALANCE
 
 CFG_PATH = Path(__file__).resolve().parent / "haproxy.cfg"
 APPS = (("stateful", 8000), ("stateless", 8001))  # service name, published port

@@ -1,8 +1,9 @@
 """Measuring a running lab from the outside: balancer request records, the instances' /stats, cache keys.
 
 Background samplers a scenario starts next to its crowd: `RecordCollector` drains the balancer's
-per-request ring (so windows, shares and latencies come from what the balancer saw),
-`StatsSampler` polls each instance's `GET /stats` (cache hits, DB queries, DB time) and
+per-request ring through its engine (or, for `--target`, its admin API client), so windows, shares
+and latencies come from what the balancer saw; `StatsSampler` polls each instance's `GET /stats`
+(`fetch_stats`: cache hits, DB queries, DB time; the dashboard reads it too) and
 `CacheEvents` listens to the shared Redis cache's keyspace notifications (each product key written
 after a DB load, each expiry). The numbers they compute are pure functions of the samples, so they
 are tested without sockets.
@@ -15,11 +16,12 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import redis
 import requests
 
+from statelab.engines import Record, RecordSource
 from statelab.scenario import InstanceFigures, Latency, Series, percentile
 
 log = logging.getLogger(__name__)
@@ -43,40 +45,9 @@ class Hit:
     path: str = ""
 
 
-class RecordSource(Protocol):
-    def records(self, since: int) -> tuple[int, Sequence[object]]: ...
-
-
-def _get(rec: object, name: str, default: Any = None) -> Any:
-    return rec.get(name, default) if isinstance(rec, dict) else getattr(rec, name, default)
-
-
-def to_hit(rec: object) -> Hit:
-    """Convert a balancer record (dataclass or dict) into a Hit."""
-    return Hit(float(_get(rec, "t", 0.0)), str(_get(rec, "backend", "") or ""), int(_get(rec, "status", 0) or 0),
-               float(_get(rec, "latency_ms", 0.0) or 0.0), str(_get(rec, "path", "") or ""))
-
-
-class AdminRecords:
-    """Read request records and backends from a running builtin balancer's admin API (for `--target`)."""
-
-    def __init__(self, admin_url: str, timeout_s: float = 2.0) -> None:
-        self.admin_url = admin_url.rstrip("/")
-        self.timeout_s = timeout_s
-        self._session = requests.Session()
-
-    def records(self, since: int = 0) -> tuple[int, list]:  # type: ignore[type-arg]
-        resp = self._session.get(f"{self.admin_url}/records", params={"since": since, "limit": 10_000},
-                                 timeout=self.timeout_s)
-        resp.raise_for_status()
-        doc = resp.json()
-        return int(doc["next"]), list(doc["records"])
-
-    def backends(self) -> list[tuple[str, str]]:
-        """Return (id, address) of every backend the balancer knows."""
-        resp = self._session.get(f"{self.admin_url}/backends", timeout=self.timeout_s)
-        resp.raise_for_status()
-        return [(b["id"], b["address"]) for b in resp.json()["backends"]]
+def to_hit(rec: Record) -> Hit:
+    """Return what the measurements need of a balancer record."""
+    return Hit(rec.t, rec.backend, rec.status, rec.latency_ms, rec.path)
 
 
 class RecordCollector:
@@ -137,15 +108,22 @@ class StatsSample:
         return dict(self.values).get(name, 0.0)
 
 
-def fetch_stats(url: str, session: requests.Session, timeout_s: float = STATS_TIMEOUT_S) -> dict[str, float] | None:
-    """Return an instance's numeric /stats fields, or None when it does not answer."""
+def fetch_stats(url: str, session: requests.Session | None = None,
+                timeout_s: float = STATS_TIMEOUT_S) -> dict[str, Any] | None:
+    """Return an instance's `GET /stats` document, or None when it does not answer (restarting, killed)."""
     try:
-        resp = session.get(url.rstrip("/") + "/stats", timeout=timeout_s)
+        get = session.get if session is not None else requests.get
+        resp = get(url.rstrip("/") + "/stats", timeout=timeout_s)
         if resp.status_code != 200:
             return None
         doc = resp.json()
     except (requests.RequestException, ValueError):
         return None
+    return doc if isinstance(doc, dict) else None
+
+
+def stats_values(doc: dict[str, Any]) -> dict[str, float]:
+    """Return the numeric /stats fields the measurements read (0 for a missing one)."""
     return {k: float(doc.get(k, 0) or 0) for k in STATS_FIELDS}
 
 
@@ -178,9 +156,9 @@ class StatsSampler:
                 log.debug("listing instances failed", exc_info=True)
                 return t
             for iid, url in current:
-                values = fetch_stats(url, self._session)
-                if values is not None:
-                    self.samples.append(StatsSample(t, iid, tuple(sorted(values.items()))))
+                doc = fetch_stats(url, self._session)
+                if doc is not None:
+                    self.samples.append(StatsSample(t, iid, tuple(sorted(stats_values(doc).items()))))
             return t
 
     def _run(self) -> None:

@@ -170,7 +170,7 @@ def test_the_checked_in_haproxy_config_is_the_rendered_one(haproxy_cfg: ModuleTy
 
 
 def test_haproxy_uses_the_native_engines_policy_lines(haproxy_cfg: ModuleType) -> None:
-    from statelab.balancer.haproxy import BALANCE
+    from statelab.engines.haproxy import BALANCE
 
     for policy, lines in BALANCE.items():
         rendered = haproxy_cfg.render(policy)

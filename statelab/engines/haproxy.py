@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from statelab.balancer.engine import BackendStatus, Record
 from statelab.balancer.policies import COOKIE_NAME, POLICY_NAMES
 from statelab.balancer.pool import split_address
+from statelab.engines import BackendStatus, Record
 from statelab.errors import ControlError, DependencyMissing
 from statelab.procs import ManagedProcess, tcp_probe
 
