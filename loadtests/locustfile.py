@@ -7,13 +7,15 @@ missing". Each user binds its own loopback source address (127.A.B.C, one /24 pe
 the target is on loopback, so ip-hash balancing and the NAT lesson work through Locust too.
 
 Settings (environment): LAB_LOCUST_USERS_PER_ADDRESS (default 1: how many users share one
-source address, as behind a NAT), LAB_LOCUST_ACCOUNTS (default 5000: seeded accounts to spread
-users over), LAB_LOCUST_THINK_S (default 1.0: mean pause between steps), LAB_LOCUST_SHAPE
-(warm-up, steady, spike, phases, or `all` for the web UI's --class-picker; default: none, so
---users and --spawn-rate drive the run).
+source address, as behind a NAT), LAB_LOCUST_ACCOUNTS (default 5000, every seeded
+account: accounts to spread users over), LAB_LOCUST_THINK_S (default 1.0: mean pause between steps),
+LAB_LOCUST_SHAPE (warm-up, steady, spike, phases, or `all` for the web UI's --class-picker; default:
+none, so --users and --spawn-rate drive the run).
 
-Standalone on purpose (the compose Locust image has no statelab package): `user_address` and the
-popularity curve repeat statelab/users/, which the scenarios use.
+The seed's facts (accounts, password, products), the users' source addresses and the popularity
+curve come from statelab (the compose image installs it too), so Locust's users and the scenarios'
+simulated users are the same people. Importing Locust gevent-patches this process: Locust always
+runs as its own process, never inside the lab's.
 """
 
 from __future__ import annotations
@@ -30,13 +32,12 @@ import locust.stats
 from locust import HttpUser, between, task
 from requests.adapters import HTTPAdapter
 
+from statelab.seed import SEED_PASSWORD, SEED_PRODUCTS, SEED_USERS, username
+from statelab.users import JOB_DEADLINE_S
 from statelab.users.population import user_address, zipf_cumulative  # the scenario users' scheme
 
 import shapes  # loadtests/shapes.py: Locust puts the locustfile's directory on sys.path
 
-PASSWORD = "statelab"
-PRODUCTS = 500
-JOB_DEADLINE_S = 10.0
 JOB_POLL_S = 0.2
 USERS_PER_WORKER = 100_000  # index offset per Locust worker, so distributed workers do not share addresses
 
@@ -57,7 +58,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 USERS_PER_ADDRESS = _env_int("LAB_LOCUST_USERS_PER_ADDRESS", 1)
-ACCOUNTS = _env_int("LAB_LOCUST_ACCOUNTS", 5000)
+ACCOUNTS = _env_int("LAB_LOCUST_ACCOUNTS", SEED_USERS)
 THINK_S = float(os.environ.get("LAB_LOCUST_THINK_S", "") or 1.0)
 
 
@@ -86,8 +87,8 @@ class SourceAddressAdapter(HTTPAdapter):
 
 # Uploads are text (letters, spaces, newlines) so the apps' line and word counts mean something.
 _TEXT_BYTES = bytes((b"abcdefghijklmnopqrstuvwxyz" * 8 + b" " * 40 + b"\n" * 8)[:256])
-_PRODUCT_IDS = list(range(1, PRODUCTS + 1))
-_ZIPF_CUMULATIVE = zipf_cumulative(PRODUCTS)
+_PRODUCT_IDS = list(range(1, SEED_PRODUCTS + 1))
+_ZIPF_CUMULATIVE = zipf_cumulative(SEED_PRODUCTS)
 _user_numbers = itertools.count()
 
 
@@ -109,7 +110,7 @@ class LabUser(HttpUser):
         runner = self.environment.runner
         index = getattr(runner, "worker_index", 0) * USERS_PER_WORKER + next(_user_numbers)
         self.index = index
-        self.username = f"user{index % ACCOUNTS + 1:04d}"
+        self.username = username(index % ACCOUNTS + 1)
         self.address: str | None = None
         if is_loopback_host(self.host or ""):
             self.address = user_address(index // USERS_PER_ADDRESS)
@@ -165,7 +166,7 @@ class LabUser(HttpUser):
         """Log in with this user's account (cookie session or JWT, whichever the app answers with)."""
         self.access_token = self.refresh_token = None
         self.client.cookies.clear()
-        resp = self.call("POST", "/login", json={"username": self.username, "password": PASSWORD})
+        resp = self.call("POST", "/login", json={"username": self.username, "password": SEED_PASSWORD})
         if resp is None:
             return False
         doc = _json(resp)

@@ -1,7 +1,8 @@
-"""Typed reading of the LAB_* environment and the small value types the runtime shares.
+"""The LAB_* environment the lab hands its children, and the small value types the runtime shares.
 
-One prefix for everything: the apps read the same variables (with their own copy of the reader,
-deliberately), the CLI sets them for the children it starts, and compose sets them for containers.
+One prefix for everything: the apps read the variables (each with its own strict reader, in its
+`config.py`), the lab sets them for the instances it starts (`BackingUrls.app_env`), and compose
+sets them for containers. The runtime itself reads one: LAB_RUN_ROOT.
 """
 
 from __future__ import annotations
@@ -10,13 +11,9 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
-from statelab.errors import ConfigError
 
 ENV_PREFIX = "LAB_"
 APP_KINDS = ("stateful", "stateless")
-LAB_PASSWORD = "statelab"
 
 
 @dataclass(frozen=True)
@@ -33,33 +30,6 @@ class Secret:
     @classmethod
     def random(cls, nbytes: int = 24) -> "Secret":
         return cls(secrets.token_urlsafe(nbytes))
-
-
-def env_str(name: str, default: str | None = None, env: Mapping[str, str] | None = None) -> str:
-    """Return LAB_<name>, or default; fail naming the variable when it is required and missing."""
-    source = os.environ if env is None else env
-    value = source.get(ENV_PREFIX + name, default)
-    if value is None or value == "":
-        raise ConfigError(f"{ENV_PREFIX}{name} is not set: set it in the environment")
-    return value
-
-
-def env_int(name: str, default: int, env: Mapping[str, str] | None = None) -> int:
-    """Return LAB_<name> as an int, failing with the variable's name when it is not one."""
-    raw = env_str(name, str(default), env)
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not an integer") from None
-
-
-def env_float(name: str, default: float, env: Mapping[str, str] | None = None) -> float:
-    """Return LAB_<name> as a float, failing with the variable's name when it is not one."""
-    raw = env_str(name, str(default), env)
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
 
 
 def default_run_root() -> Path:

@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from statelab.errors import ControlError, LabError
+from statelab.loopback import LOOPBACK_HOST, is_loopback
 from statelab.topology import Lab
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ SIGNALS = {"TERM": signal.SIGTERM, "KILL": signal.SIGKILL, "INT": signal.SIGINT,
 class ControlServer:
     """Serve one Lab's operations on a loopback port, one operation at a time."""
 
-    def __init__(self, lab: Lab, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, lab: Lab, host: str = LOOPBACK_HOST, port: int = 0) -> None:
         self.lab = lab
         self._busy = threading.Lock()
         handler = _make_handler(self)
@@ -85,7 +86,7 @@ def read_json_object(handler: BaseHTTPRequestHandler) -> dict[str, Any]:
 def _make_handler(server: ControlServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _serve(self, method: str) -> None:
-            if self.client_address[0] != "127.0.0.1":
+            if not is_loopback(self.client_address[0]):
                 self._reply(403, {"error": "the control API accepts loopback clients only"})
                 return
             try:

@@ -24,20 +24,20 @@ from typing import Any, Callable, Protocol
 
 import requests
 
-from statelab.control import read_json_object
-from statelab.topology import POLICIES
+from statelab.balancer.policies import POLICY_NAMES
+from statelab.control import CONTROL_TIMEOUT_S, read_json_object
+from statelab.loopback import LOOPBACK_HOST, LOOPBACK_NAMES, is_loopback
+from statelab.measure import fetch_stats
 
 log = logging.getLogger(__name__)
 
 SAMPLE_INTERVAL_S = 1.0
 STATS_TIMEOUT_S = 0.5
-CONTROL_TIMEOUT_S = 300.0
 SSE_KEEPALIVE_S = 15.0
 HISTORY_POINTS = 180
 CONTROL_OPS = ("deploy", "kill", "scale", "policy")
 WEB_FILES = {"dashboard.html": "text/html; charset=utf-8", "dashboard.js": "text/javascript; charset=utf-8",
              "dashboard.css": "text/css; charset=utf-8"}
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 SECURITY_HEADERS = (
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
                                 "connect-src 'self'; frame-ancestors 'none'"),
@@ -52,22 +52,15 @@ class StatusSource(Protocol):
     def status(self) -> Any: ...
 
 
-def fetch_stats(url: str, timeout_s: float = STATS_TIMEOUT_S) -> dict[str, Any] | None:
-    """Return an instance's `/stats` JSON, or None if it does not answer in time (restarting, killed)."""
-    try:
-        resp = requests.get(url.rstrip("/") + "/stats", timeout=timeout_s)
-        if resp.status_code != 200:
-            return None
-        data = resp.json()
-    except (requests.RequestException, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+def instance_stats(url: str) -> dict[str, Any] | None:
+    """Return an instance's `/stats`, or None if it does not answer in time (restarting, killed)."""
+    return fetch_stats(url, timeout_s=STATS_TIMEOUT_S)
 
 
 class Sampler:
     """Turn successive lab readings into rates and a rolling history (thread-safe snapshots)."""
 
-    def __init__(self, lab: StatusSource, stats: Callable[[str], dict[str, Any] | None] = fetch_stats,
+    def __init__(self, lab: StatusSource, stats: Callable[[str], dict[str, Any] | None] = instance_stats,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.lab = lab
         self._stats = stats
@@ -131,7 +124,7 @@ class Sampler:
                 "app": status.get("app"), "policy": status.get("policy"), "lb": status.get("lb"),
                 "balancer_url": status.get("balancer_url"), "stores": [list(s) for s in status.get("stores", ())],
                 "instances": instances, "events": list(status.get("events", ()))[-20:], "totals": total,
-                "history": list(self._history), "policies": list(POLICIES),
+                "history": list(self._history), "policies": list(POLICY_NAMES),
             }
             self._snapshot = snap
             self._cond.notify_all()
@@ -158,9 +151,9 @@ class Sampler:
 class Dashboard:
     """Serve the dashboard of `lab` on 127.0.0.1 (a free port unless told), relaying buttons to control_url."""
 
-    def __init__(self, lab: StatusSource, control_url: str, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, lab: StatusSource, control_url: str, host: str = LOOPBACK_HOST, port: int = 0,
                  interval_s: float = SAMPLE_INTERVAL_S,
-                 stats: Callable[[str], dict[str, Any] | None] = fetch_stats) -> None:
+                 stats: Callable[[str], dict[str, Any] | None] = instance_stats) -> None:
         self.control_url = control_url.rstrip("/")
         self.interval_s = interval_s
         self.sampler = Sampler(lab, stats)
@@ -236,7 +229,7 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
         def _allowed(self) -> bool:
             """Loopback clients only, addressing us by a loopback name (no DNS rebinding)."""
             host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
-            if not self.client_address[0].startswith("127.") or host not in LOOPBACK_HOSTS:
+            if not is_loopback(self.client_address[0]) or host not in LOOPBACK_NAMES:
                 self._refuse(403, "the dashboard accepts loopback clients only")
                 return False
             return True
@@ -324,4 +317,4 @@ def _make_handler(dash: Dashboard) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-__all__ = ["Dashboard", "Sampler", "fetch_stats"]
+__all__ = ["Dashboard", "Sampler", "instance_stats"]

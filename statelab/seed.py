@@ -2,6 +2,8 @@
 
 Compose and the tests call `seed(url)`; every call drops and recreates the tables, so the data
 after a seed is always the same. Measured here (2 cores, PostgreSQL 16, fsync off): see SEED_BUDGET_S.
+This module owns what the seed holds (every account's password, how many users and products):
+simulated users, Locust and the tests import those facts from here.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 
-import psycopg
-
-LAB_PASSWORD = "statelab"
+SEED_PASSWORD = "statelab"  # every seeded account's password (user0001 ... user5000)
+SEED_USERS = 5000
+SEED_PRODUCTS = 500
 # PBKDF2-SHA256 with a per-user salt and only 1,000 iterations: a real salted hash, cheap enough
 # (~0.3 ms) that a load test can log in thousands of users; production would use 600k+.
 PBKDF2_ITERATIONS = 1_000
@@ -38,14 +40,21 @@ def hash_password(password: str, salt: bytes, iterations: int = PBKDF2_ITERATION
     return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
 
 
+def username(user_id: int) -> str:
+    """Return the username of seeded account user_id (1-based): 1 -> user0001."""
+    return f"user{user_id:04d}"
+
+
 def _user_row(user_id: int) -> tuple[int, str, str]:
     # A salt derived from the id keeps the seed deterministic; it is still unique per user.
     salt = hashlib.sha256(f"statelab-salt-{user_id}".encode()).digest()[:16]
-    return user_id, f"user{user_id:04d}", hash_password(LAB_PASSWORD, salt)
+    return user_id, username(user_id), hash_password(SEED_PASSWORD, salt)
 
 
-def seed(database_url: str, users: int = 5000, products: int = 500) -> SeedSummary:
+def seed(database_url: str, users: int = SEED_USERS, products: int = SEED_PRODUCTS) -> SeedSummary:
     """Drop and recreate the schema, then load users, products and reviews; return a summary."""
+    import psycopg  # here, so that the seed's facts above import cheaply (Locust's process reads them)
+
     started = time.perf_counter()
     reviews = products * REVIEWS_PER_PRODUCT
     schema = resources.files("statelab").joinpath("schema.sql").read_text()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import pytest
 
+from statelab.balancer.policies import POLICY_NAMES
 from statelab.cli import build_parser, main
-from statelab.config import BackingUrls, Secret, env_float, env_int, env_str
+from statelab.config import APP_KINDS, BackingUrls, Secret
+from statelab.engines import ENGINE_NAMES
 from statelab.errors import ConfigError
-from statelab.topology import POLICIES, LabSpec, _public_url
+from statelab.topology import LabSpec, _public_url
 
 
 def test_secret_never_shows_its_value() -> None:
@@ -19,14 +22,18 @@ def test_secret_never_shows_its_value() -> None:
     assert Secret.random().value != Secret.random().value
 
 
-def test_missing_and_malformed_values_name_the_variable() -> None:
-    with pytest.raises(ConfigError, match="LAB_DATABASE_URL is not set"):
-        env_str("DATABASE_URL", env={})
-    with pytest.raises(ConfigError, match="LAB_CACHE_TTL_S='soon' is not an integer"):
-        env_int("CACHE_TTL_S", 60, env={"LAB_CACHE_TTL_S": "soon"})
-    with pytest.raises(ConfigError, match="LAB_X='x' is not a number"):
-        env_float("X", 1.0, env={"LAB_X": "x"})
-    assert env_int("CACHE_TTL_S", 60, env={}) == 60
+@pytest.mark.parametrize("kind", APP_KINDS)
+def test_missing_and_malformed_values_name_the_variable(kind: str) -> None:
+    """Each app reads LAB_* once, with its own strict reader (the runtime only writes them)."""
+    config = importlib.import_module(f"{kind}_app.config")
+    env = BackingUrls("postgresql://db", "redis://r", "http://s3", "key", Secret("sk")).app_env()
+    with pytest.raises(config.ConfigError, match="LAB_DATABASE_URL is not set"):
+        config.Config.from_env({k: v for k, v in env.items() if k != "LAB_DATABASE_URL"})
+    with pytest.raises(config.ConfigError, match="LAB_CACHE_TTL_S='soon' is not an integer"):
+        config.Config.from_env({**env, "LAB_CACHE_TTL_S": "soon"})
+    with pytest.raises(config.ConfigError, match="LAB_STORE_TIMEOUT_S='x' is not a number"):
+        config.Config.from_env({**env, "LAB_STORE_TIMEOUT_S": "x"})
+    assert config.Config.from_env(env).cache_ttl_s == 60
 
 
 def test_backing_urls_become_the_app_environment() -> None:
@@ -52,9 +59,19 @@ def test_status_urls_mask_passwords() -> None:
 
 
 def test_policy_names_are_kebab_case_and_match_the_cli_help() -> None:
-    help_text = build_parser().format_help() + " ".join(POLICIES)
-    for name in POLICIES:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    help_text = " ".join(sub[cmd].format_help() for cmd in ("up", "policy", "lb"))
+    for name in POLICY_NAMES:
         assert name == name.lower() and "_" not in name and name in help_text
+
+
+def test_the_cli_offers_the_runtimes_own_engines_and_apps() -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    for cmd in ("run", "up"):
+        by_dest = {a.dest: a for a in sub[cmd]._actions}
+        assert tuple(by_dest["lb"].choices) == ENGINE_NAMES
+        assert set(APP_KINDS) <= set(by_dest["app"].choices)
 
 
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,6 +11,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from statelab.config import BackingUrls
+from statelab.seed import SEED_PASSWORD
 
 SECRET = "jwt-test-secret-key-0123456789abcdefghij"
 ACCESS_TTL_S = 120
@@ -30,7 +31,7 @@ def store(backing: BackingUrls) -> redis.Redis:
 
 
 def _login(client: FlaskClient, username: str) -> dict[str, Any]:
-    response = client.post("/login", json={"username": username, "password": "statelab"})
+    response = client.post("/login", json={"username": username, "password": SEED_PASSWORD})
     assert response.status_code == 200
     return response.get_json()  # type: ignore[no-any-return]
 

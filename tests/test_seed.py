@@ -57,7 +57,7 @@ def test_every_user_logs_in_with_the_lab_password(seed_db: str) -> None:
     for _, stored in rows:
         scheme, iterations, salt, digest = stored.split("$")
         assert scheme == "pbkdf2_sha256"
-        good = hashlib.pbkdf2_hmac("sha256", b"statelab", bytes.fromhex(salt), int(iterations))
+        good = hashlib.pbkdf2_hmac("sha256", seed.SEED_PASSWORD.encode(), bytes.fromhex(salt), int(iterations))
         bad = hashlib.pbkdf2_hmac("sha256", b"wrong", bytes.fromhex(salt), int(iterations))
         assert hmac.compare_digest(good.hex(), digest)
         assert not hmac.compare_digest(bad.hex(), digest)

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from statelab.procs import free_port
+from statelab.seed import SEED_PASSWORD, username
 
 pytestmark = pytest.mark.live
 
@@ -159,7 +160,7 @@ def test_the_same_operations_drive_haproxy(tmp_path: Path) -> None:
         base = lab.balancer_url
         assert {requests.get(base + "/healthz", timeout=5).headers["X-Served-By"] for _ in range(8)} == {"app-1", "app-2"}
         with requests.Session() as s:
-            assert s.post(base + "/login", json={"username": "user0001", "password": "statelab"}, timeout=5).ok
+            assert s.post(base + "/login", json={"username": username(1), "password": SEED_PASSWORD}, timeout=5).ok
             before = {i.id: i.pid for i in lab.status().instances}
             lab.deploy()
             assert all(i.pid != before[i.id] for i in lab.status().instances)

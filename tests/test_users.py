@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from statelab.seed import SEED_PASSWORD
 from statelab.users import (
     CrowdHandle, CrowdResult, LatencyHistogram, Population, VirtualUser, run_crowd_sync,
     user_address,
@@ -125,7 +126,7 @@ class _Handler(BaseHTTPRequestHandler):
         sid = self._who()
         if method == "POST" and path == "/login":
             doc = json.loads(body)
-            if doc.get("password") != "statelab":
+            if doc.get("password") != SEED_PASSWORD:
                 return self._reply(401, {"error": "bad credentials"})
             token, refresh = secrets.token_hex(8), secrets.token_hex(8)
             app.sessions[token] = doc["username"]

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from statelab.balancer.records import percentile
+from statelab.loopback import is_loopback
 
 if TYPE_CHECKING:
     from statelab.balancer.proxy import Balancer
@@ -106,7 +107,7 @@ def handle(bal: Balancer, method: str, target: str, body: bytes) -> tuple[int, A
 async def _serve(bal: Balancer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     peer = writer.get_extra_info("peername")
     try:
-        if not peer or not (peer[0].startswith("127.") or peer[0] == "::1"):
+        if not peer or not is_loopback(peer[0]):
             await _reply(writer, 403, {"error": "the admin API accepts loopback clients only"}, close=True)
             return
         while True:

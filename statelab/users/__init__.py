@@ -29,17 +29,15 @@ from statelab.users.journeys import (
     shopper, uploader,
 )
 from statelab.users.measures import ERROR_KINDS, LatencyHistogram, LatencySummary, UserStats
-from statelab.users.population import ACCOUNTS, Population, UserSpec, user_address
+from statelab.users.population import Population, UserSpec, user_address
 from statelab.users.result import CrowdResult, TimelineBucket, UserSummary
-from statelab.users.virtual_user import (
-    BACKEND_COOKIE, PASSWORD, PRODUCTS, SESSION_COOKIE, VirtualUser,
-)
+from statelab.users.virtual_user import SESSION_COOKIE, VirtualUser
 
 __all__ = [
-    "ACCOUNTS", "BACKEND_COOKIE", "CART_CHECK_EVERY", "ConfigError", "CrowdHandle", "CrowdResult",
+    "CART_CHECK_EVERY", "ConfigError", "CrowdHandle", "CrowdResult",
     "DEFAULT_RAMP_S", "DEFAULT_REQUEST_TIMEOUT_S", "ERROR_KINDS", "JOB_DEADLINE_S",
     "JOB_GRACE_ON_STOP_S", "JOB_POLL_S", "JOURNEYS", "Journey", "LatencyHistogram",
-    "LatencySummary", "LiveCounters", "PASSWORD", "PRODUCTS", "Population", "SESSION_COOKIE",
+    "LatencySummary", "LiveCounters", "Population", "SESSION_COOKIE",
     "TimelineBucket", "UserSpec", "UserStats", "UserSummary", "VirtualUser", "browser", "run_crowd",
     "run_crowd_sync", "shopper", "uploader", "user_address",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-ACCOUNTS = 5000
+from statelab.seed import SEED_USERS, username
 _SLASH24S = 199 * 256  # 127.1.0.x .. 127.199.255.x; 127.200+ is left for NAT addresses
 
 
@@ -63,8 +63,8 @@ class Population:
     def __post_init__(self) -> None:
         if self.distinct_users < 0 or self.nat_users < 0 or self.size == 0:
             raise ValueError("a population needs at least one user")
-        if self.first_account < 1 or self.first_account - 1 + self.size > ACCOUNTS:
-            raise ValueError(f"only {ACCOUNTS} accounts exist (user0001..user{ACCOUNTS:04d})")
+        if self.first_account < 1 or self.first_account - 1 + self.size > SEED_USERS:
+            raise ValueError(f"only {SEED_USERS} accounts exist ({username(1)}..{username(SEED_USERS)})")
         if self.auth not in ("cookie", "jwt"):
             raise ValueError(f"auth must be 'cookie' or 'jwt', not {self.auth!r}")
         if self.think_s < 0:
@@ -82,6 +82,6 @@ class Population:
         for i in range(self.size):
             nat = i >= self.distinct_users
             address = self.nat_address if nat else user_address(i)
-            specs.append(UserSpec(i, f"user{self.first_account + i:04d}",
+            specs.append(UserSpec(i, username(self.first_account + i),
                                   address if self.bind_addresses else None, nat))
         return specs

@@ -13,13 +13,11 @@ import random
 from typing import Any, Collection
 
 from statelab.httpclient import HttpClient, HttpError, Response
+from statelab.seed import SEED_PASSWORD, SEED_PRODUCTS
 from statelab.users.measures import UserStats, _clock, _Recorder
 from statelab.users.population import Population, UserSpec, zipf_cumulative
 
-PASSWORD = "statelab"
-PRODUCTS = 500
 SESSION_COOKIE = "lab_session"
-BACKEND_COOKIE = "LAB_BACKEND"
 _MIN_ERROR_PAUSE_S = 0.05  # after an error, so a dead server does not turn users into a busy loop
 
 
@@ -177,7 +175,7 @@ class VirtualUser:
         self.access_token = self.refresh_token = None
         self.cookies.pop(SESSION_COOKIE, None)
         response = await self._send("POST", "/login", {"username": self.spec.username,
-                                                       "password": PASSWORD}, b"", None, (), False)
+                                                       "password": SEED_PASSWORD}, b"", None, (), False)
         if response is None or response.status != 200:
             self.stats.logins_failed += 1
             return False
@@ -238,7 +236,7 @@ class VirtualUser:
         await self.crowd.sleep(max(self.population.think_s, _MIN_ERROR_PAUSE_S))
 
 
-_ZIPF_CUMULATIVE = zipf_cumulative(PRODUCTS)
+_ZIPF_CUMULATIVE = zipf_cumulative(SEED_PRODUCTS)
 
 
 def _json(response: Response | None) -> dict[str, Any]:
