@@ -16,17 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol
 
-from statelab import services
-from statelab.balancer.engine import BalancerEngine, make_engine
+from statelab import seed, services
+from statelab.balancer.policies import POLICY_NAMES
 from statelab.config import APP_KINDS, BackingUrls, Secret
+from statelab.engines import ENGINE_NAMES, BalancerEngine, make_engine
 from statelab.errors import ConfigError, ControlError, ServiceFailed
+from statelab.events import Event
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("round-robin", "least-connections", "ip-hash", "cookie", "consistent-hash", "p2c")
-ENGINES = ("builtin", "haproxy")
 DRAIN_TIMEOUT_S = 10.0
 SUPERVISE_INTERVAL_S = 0.2
 START_RETRIES = 3
@@ -47,29 +47,32 @@ class LabSpec:
     job_workers: int = 1
     restart_crashed: bool = True
     health_interval_s: float = 0.5
-    seed_users: int = 5000
-    seed_products: int = 500
+    seed_users: int = seed.SEED_USERS
+    seed_products: int = seed.SEED_PRODUCTS
     app_env: tuple[tuple[str, str], ...] = ()
 
     def validate(self) -> None:
         if self.app not in APP_KINDS:
             raise ConfigError(f"unknown app {self.app!r}: choose one of {', '.join(APP_KINDS)}")
-        if self.policy not in POLICIES:
-            raise ConfigError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICIES)}")
-        if self.lb not in ENGINES:
-            raise ConfigError(f"unknown balancer engine {self.lb!r}: choose builtin or haproxy")
+        if self.policy not in POLICY_NAMES:
+            raise ConfigError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICY_NAMES)}")
+        if self.lb not in ENGINE_NAMES:
+            raise ConfigError(f"unknown balancer engine {self.lb!r}: choose one of {', '.join(ENGINE_NAMES)}")
         if not 1 <= self.instances <= 32:
             raise ConfigError("--instances must be between 1 and 32")
 
 
-@dataclass(frozen=True)
-class LabEvent:
-    """One thing the lab did or saw, at t seconds since the lab started."""
+class StartInstance(Protocol):
+    """Start one app instance's process (not yet ready): `services.start_app`, or a fake in tests."""
 
-    t: float
-    kind: str  # started, draining, stopped, restarted, ready, crashed, killed, scaled, policy
-    target: str
-    detail: str = ""
+    def __call__(self, kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], *,
+                 port: int | None, threads: int) -> services.Service: ...
+
+
+class MakeEngine(Protocol):
+    """Return an unstarted balancer engine by name: `statelab.engines.make_engine`, or a fake in tests."""
+
+    def __call__(self, name: str, *, health_interval_s: float) -> BalancerEngine: ...
 
 
 @dataclass
@@ -114,25 +117,33 @@ class LabStatus:
     run_dir: str
     instances: tuple[InstanceStatus, ...]
     stores: tuple[tuple[str, str], ...]
-    events: tuple[LabEvent, ...] = field(default=())
+    events: tuple[Event, ...] = field(default=())
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
 
 
 class Lab:
-    """A lab's processes and the operations a person or a scenario performs on them."""
+    """A lab's processes and the operations a person or a scenario performs on them.
 
-    def __init__(self, spec: LabSpec, clock: Callable[[], float] = time.monotonic) -> None:
+    How an instance is started and which balancer engine runs are seams (honcho's `Manager` takes
+    its process constructor the same way): tests pass fakes and check deploy and scale
+    choreography in milliseconds.
+    """
+
+    def __init__(self, spec: LabSpec, clock: Callable[[], float] = time.monotonic, *,
+                 start_instance: StartInstance = services.start_app, engine_factory: MakeEngine = make_engine) -> None:
         spec.validate()
         self.spec = spec
         self.run_dir = spec.run_dir.resolve()
         self._clock = clock
+        self._start_instance = start_instance
+        self._engine_factory = engine_factory
         self._t0 = clock()
         self._stack = ExitStack()
         self._lock = threading.RLock()
         self._stop_supervisor = threading.Event()
-        self.events: list[LabEvent] = []
+        self.events: list[Event] = []
         self.instances: dict[str, Instance] = {}
         self.stores: dict[str, services.Service] = {}
         self.workers: list[services.Service] = []
@@ -144,19 +155,22 @@ class Lab:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, progress: Callable[[str], None] = lambda msg: None) -> "Lab":
-        """Start stores, seed, instances, workers and the balancer; on any failure, stop what started."""
+    def start(self, progress: Callable[[str], None] = lambda msg: None, backing: BackingUrls | None = None) -> "Lab":
+        """Start stores, seed, instances, workers and the balancer; on any failure, stop what started.
+
+        With `backing`, the stores already run elsewhere (already seeded): only the app tier starts.
+        """
         try:
-            self._start(progress)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.backing = backing or self._start_stores(progress)
+            self._start_app_tier(progress)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start(self, progress: Callable[[str], None]) -> None:
-        from statelab import seed
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _start_stores(self, progress: Callable[[str], None]) -> BackingUrls:
+        """Start this lab's stores (in parallel), seed the database; return where the apps find them."""
         progress("starting backing stores")
         wanted: list[tuple[str, Callable[[Path], services.Service]]] = [("postgres", services.start_postgres)]
         if self.spec.app == "stateless":
@@ -169,19 +183,22 @@ class Lab:
         db_url = services.create_database(self.stores["postgres"].url)
         seed.seed(db_url, users=self.spec.seed_users, products=self.spec.seed_products)
         s3 = self.stores.get("s3")
-        self.backing = BackingUrls(
+        return BackingUrls(
             database_url=db_url,
             redis_url=self.stores["redis"].url if "redis" in self.stores else None,
             s3_endpoint=s3.url if s3 else None,
             s3_access_key=s3.extra["access_key"] if s3 else None,
             s3_secret_key=Secret(s3.extra["secret_key"]) if s3 else None,
         )
+
+    def _start_app_tier(self, progress: Callable[[str], None]) -> None:
+        """Start the instances, the job workers and the balancer in front of the instances."""
         progress(f"starting {self.spec.instances} {self.spec.app} instances")
         self._start_instances(self.spec.instances)
         for i in range(self.spec.job_workers if self.spec.app == "stateless" else 0):
             self.workers.append(services.start_worker(f"worker-{i + 1}", self.run_dir, self.app_env()))
         progress(f"starting the {self.spec.lb} balancer ({self.policy})")
-        self.engine = engine = make_engine(self.spec.lb, health_interval_s=self.spec.health_interval_s)
+        self.engine = engine = self._engine_factory(self.spec.lb, health_interval_s=self.spec.health_interval_s)
         engine.start(self.run_dir, self.spec.port or services.free_port(), services.free_port(), self.policy,
                           [(i.id, i.address) for i in self.instances.values()])
         self._event("started", "lab", f"{self.spec.app} x{self.spec.instances} behind {self.spec.lb}/{self.policy}")
@@ -223,7 +240,7 @@ class Lab:
         return round(self._clock() - self._t0, 3)
 
     def _event(self, kind: str, target: str, detail: str = "") -> None:
-        ev = LabEvent(self.now(), kind, target, detail)
+        ev = Event(self.now(), kind, target, detail)
         self.events.append(ev)
         log.info("%6.2fs %-10s %s %s", ev.t, kind, target, detail)
 
@@ -243,8 +260,8 @@ class Lab:
         # Each instance has its own "local disk", as separate machines or containers would.
         env = {"LAB_UPLOAD_DIR": str(self.run_dir / "uploads" / instance_id), **self.app_env()}
         for attempt in range(START_RETRIES):
-            svc = services.start_app(self.spec.app, instance_id, self.run_dir, env, port=port,
-                                     threads=self.spec.threads)
+            svc = self._start_instance(self.spec.app, instance_id, self.run_dir, env, port=port,
+                                       threads=self.spec.threads)
             try:
                 return svc.wait_ready()
             except ServiceFailed as exc:
@@ -298,12 +315,20 @@ class Lab:
         inst.state = "restarting"
         inst.service.stop()
         self._event("stopped", inst.id, f"generation {inst.generation}")
+        self._start_again(inst, "ready")
+
+    def _start_again(self, inst: Instance, event: str) -> None:
+        """Start a stopped instance's next generation on its address and put it back in rotation.
+
+        The one restart sequence: a deploy's restart and the supervisor's restart of a crashed
+        instance both end here.
+        """
         inst.service = self._spawn(inst.id, inst.port)
         inst.port = int(inst.service.extra["port"])
         inst.generation += 1
         self._readd(inst)
         inst.state = "ready"
-        self._event("ready", inst.id, f"generation {inst.generation}")
+        self._event(event, inst.id, f"generation {inst.generation}")
 
     def _readd(self, inst: Instance) -> None:
         """Put an instance back in rotation (re-registering it if its address changed)."""
@@ -315,7 +340,7 @@ class Lab:
         self._lb().set_state(inst.id, "ready")
 
     def deploy(self, batch: int = 1, drain: bool = True, drain_timeout_s: float = DRAIN_TIMEOUT_S,
-               progress: Callable[[str], None] = lambda msg: None) -> list[LabEvent]:
+               progress: Callable[[str], None] = lambda msg: None) -> list[Event]:
         """Rolling restart: `batch` instances at a time, drained first unless drain=False."""
         first = len(self.events)
         ids = list(self.instances)
@@ -358,8 +383,8 @@ class Lab:
 
     def set_policy(self, policy: str) -> None:
         """Switch the balancer's policy while traffic flows."""
-        if policy not in POLICIES:
-            raise ControlError(f"unknown policy {policy!r}: choose one of {', '.join(POLICIES)}")
+        if policy not in POLICY_NAMES:
+            raise ControlError(f"unknown policy {policy!r}: choose one of {', '.join(POLICY_NAMES)}")
         self._lb().set_policy(policy)
         self.policy = policy
         self._event("policy", "balancer", policy)
@@ -404,12 +429,7 @@ class Lab:
                     continue
                 try:
                     inst.service.stop()
-                    inst.service = self._spawn(inst.id, inst.port)
-                    inst.port = int(inst.service.extra["port"])
-                    inst.generation += 1
-                    self._readd(inst)
-                    inst.state = "ready"
-                    self._event("restarted", inst.id, f"generation {inst.generation}")
+                    self._start_again(inst, "restarted")
                 except Exception as exc:
                     log.error("restarting %s failed: %s", inst.id, exc)
 
@@ -423,9 +443,4 @@ def _public_url(url: str) -> str:
     return url
 
 
-def lab_env_from(mapping: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    """Return the LAB_* items of a mapping as a spec-friendly tuple (for --env passthrough)."""
-    return tuple(sorted((k, v) for k, v in mapping.items() if k.startswith("LAB_")))
-
-
-__all__ = ["Lab", "LabSpec", "LabEvent", "LabStatus", "InstanceStatus", "POLICIES", "ENGINES"]
+__all__ = ["InstanceStatus", "Lab", "LabSpec", "LabStatus", "MakeEngine", "StartInstance"]
