@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from scenarios import Harness, crowd_series, error_notes, failed_requests, scale_profile
 from statelab import measure
-from statelab.scenario import (AppCase, Figure, Measurements, Profile, Progress, Series, Target, Tolerance, Verdict,
-                               judge)
+from statelab.harness import Harness, crowd_series, error_notes, failed_requests
+from statelab.scenario import (AppCase, CaseContext, Figure, Finding, Measurements, Profile, Series, Tolerance,
+                               Verdict, judge, scale_profile)
 from statelab.users import CrowdResult, Population, VirtualUser
 
-EXPECT = {"stateful": "reproduced", "stateless": "survived"}
+EXPECT: dict[str, Finding] = {"stateful": "reproduced", "stateless": "survived"}
 POLICY = "round-robin"
 DEFAULT_TTL_S = 60  # the apps' LAB_CACHE_TTL_S default: longer than a run, so no product expires
 # The stampede comparison: popular products expire every 2 s (many times per run, at the spike's
@@ -62,7 +61,7 @@ class ColdCacheAutoscale:
     name: str = "cold-cache-autoscale"
     title: str = "Cold caches on autoscale"
     summary: str = "a spike, scale 2 -> 6 instances: how hard the new instances' cold caches hit the database"
-    expect: dict[str, str] = field(default_factory=lambda: dict(EXPECT))
+    expect: dict[str, Finding] = field(default_factory=lambda: dict(EXPECT))
     tolerances: tuple[Tolerance, ...] = (
         Tolerance("db_load_ratio", "<", 2.0, "DB queries/s after the new instances join stay under 2x the steady state"),
         Tolerance("failed_requests", "<=", 0, "no request fails during the spike"),
@@ -92,9 +91,9 @@ class ColdCacheAutoscale:
                        extra=(("spike_users", base * 2), ("scale_to", 6), ("think_s", 0.4)),
                        seed_users=200)
 
-    def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
-            target: Target | None = None) -> Measurements:
-        with Harness(app, run_dir, progress, lb, target) as h:
+    def run(self, ctx: CaseContext) -> Measurements:
+        app, profile, seed = ctx.app, ctx.profile, ctx.seed
+        with Harness(ctx) as h:
             lab = h.start_lab(profile.instances, POLICY, seed_users=profile.seed_users)
             old = [i.id for i in lab.status().instances]
             h.start_samplers(stats=True, cache_events=True)
@@ -112,7 +111,7 @@ class ColdCacheAutoscale:
             h.phase("spike", f"+{int(profile.get('spike_users'))} users, scale to {int(profile.get('scale_to'))}")
             spike = h.crowd(Population(distinct_users=int(profile.get("spike_users")), think_s=think,
                                        first_account=profile.users + 1), anonymous_browser, seed + 1, ramp_s=0.5)
-            lab.scale(int(profile.get("scale_to")), progress=lambda msg: progress.phase(f"{app.label}: {msg}"))
+            lab.scale(int(profile.get("scale_to")), progress=lambda msg: ctx.progress.phase(f"{app.label}: {msg}"))
             t_join = h.stats.sample() - h.t0
             h.phase("new instances serve traffic")
             h.hold(profile.phase_s, spike)

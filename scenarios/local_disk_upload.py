@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import requests
 
-from scenarios import Harness, crowd_series, error_notes, failed_requests, scale_profile
 from statelab import measure
-from statelab.scenario import (AppCase, Figure, Measurements, Profile, Progress, Target, Tolerance, Verdict,
-                               default_cases, judge)
+from statelab.harness import Harness, crowd_series, error_notes, failed_requests
+from statelab.scenario import (AppCase, CaseContext, Figure, Finding, Measurements, Profile, Tolerance, Verdict,
+                               default_cases, judge, scale_profile)
 from statelab.users import JOB_DEADLINE_S, Population, VirtualUser
 
-EXPECT = {"stateful": "reproduced", "stateless": "survived"}
+EXPECT: dict[str, Finding] = {"stateful": "reproduced", "stateless": "survived"}
 POLICY = "round-robin"
 UPLOAD_ATTEMPTS = 12  # tries to land the upload where the session is (stateful + round-robin)
 PAUSE = 0.3  # mean pause before each follow-up, as a share of the population's think time
@@ -148,7 +147,7 @@ class LocalDiskUpload:
     name: str = "local-disk-upload"
     title: str = "Upload to local disk"
     summary: str = "upload, process, download through a round-robin balancer: how many follow-ups find the file"
-    expect: dict[str, str] = field(default_factory=lambda: dict(EXPECT))
+    expect: dict[str, Finding] = field(default_factory=lambda: dict(EXPECT))
     tolerances: tuple[Tolerance, ...] = (
         Tolerance("follow_ups_failed", "<=", 0, "every follow-up must find the upload, its job and the session"),
         Tolerance("downloads_corrupt", "<=", 0, "a download returns the bytes uploaded"),
@@ -166,9 +165,9 @@ class LocalDiskUpload:
         return Profile(users=n, instances=3, phase_s=2.5 if quick else 8.0,
                        extra=(("think_s", 0.5 if quick else 1.0),), seed_users=max(n, 200))
 
-    def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
-            target: Target | None = None) -> Measurements:
-        with Harness(app, run_dir, progress, lb, target) as h:
+    def run(self, ctx: CaseContext) -> Measurements:
+        profile, target = ctx.profile, ctx.target
+        with Harness(ctx) as h:
             instances = profile.instances
             urls: list[tuple[str, str]] = []
             if target is None:
@@ -180,7 +179,7 @@ class LocalDiskUpload:
             h.start_samplers()
             tally = FollowUps()
             crowd = h.crowd(Population(distinct_users=profile.users, think_s=profile.get("think_s", 1.0)),
-                            uploader_journey(tally), seed, ramp_s=min(1.0, profile.phase_s / 2))
+                            uploader_journey(tally), ctx.seed, ramp_s=min(1.0, profile.phase_s / 2))
             h.phase("users upload, process and download", f"{POLICY} over {instances} instances")
             h.hold(profile.phase_s, crowd)
             (result,) = h.finish(crowd)
@@ -235,7 +234,7 @@ def _files_per_instance(urls: list[tuple[str, str]]) -> str:
         for iid, url in urls:
             stats = measure.fetch_stats(url, session)
             if stats is not None:
-                parts.append(f"{iid} {int(stats['local_files'])}")
+                parts.append(f"{iid} {int(measure.stats_values(stats)['local_files'])}")
     return ", ".join(parts)
 
 

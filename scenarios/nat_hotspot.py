@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from scenarios import Harness, crowd_series, error_notes, failed_requests, scale_profile
 from statelab import measure
-from statelab.scenario import (AppCase, Figure, InstanceFigures, Measurements, Profile, Progress, Target, Tolerance,
-                               Verdict, default_cases, judge)
+from statelab.harness import Harness, crowd_series, error_notes, failed_requests
+from statelab.scenario import (AppCase, CaseContext, Figure, Finding, InstanceFigures, Measurements, Profile,
+                               Tolerance, Verdict, default_cases, judge, scale_profile)
 from statelab.users import CrowdResult, Population
 
-EXPECT = {"stateful": "reproduced", "stateless": "survived"}
+EXPECT: dict[str, Finding] = {"stateful": "reproduced", "stateless": "survived"}
 # The stateful app must pin each client to the instance holding its session; ip-hash is the
 # classic way (no cookie needed). The stateless app can spread requests freely.
 POLICY = {"stateful": "ip-hash", "stateless": "round-robin"}
@@ -46,7 +45,7 @@ class NatHotspot:
     name: str = "nat-hotspot"
     title: str = "NAT hot spot"
     summary: str = "thousands of users behind one NAT address with ip-hash stickiness: one instance melts"
-    expect: dict[str, str] = field(default_factory=lambda: dict(EXPECT))
+    expect: dict[str, Finding] = field(default_factory=lambda: dict(EXPECT))
     tolerances: tuple[Tolerance, ...] = (
         Tolerance("max_mean_ratio", "<", 1.3, "the busiest instance carries at most 1.3x its fair share"),
         Tolerance("idle_instances", "<=", 0, "no instance sits idle while another saturates"),
@@ -69,20 +68,20 @@ class NatHotspot:
                        extra=(("nat_users", nat), ("distinct_users", distinct), ("think_s", 3.0 if quick else 10.0)),
                        seed_users=nat + distinct)
 
-    def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
-            target: Target | None = None) -> Measurements:
-        with Harness(app, run_dir, progress, lb, target) as h:
+    def run(self, ctx: CaseContext) -> Measurements:
+        profile = ctx.profile
+        with Harness(ctx) as h:
             backends: list[str] = []
-            if target is None:
-                lab = h.start_lab(profile.instances, POLICY[app.app], threads=THREADS, seed_users=profile.seed_users,
-                                  health_interval_s=HEALTH_CHECK_S)
+            if ctx.target is None:
+                lab = h.start_lab(profile.instances, POLICY[ctx.app.app], threads=THREADS,
+                                  seed_users=profile.seed_users, health_interval_s=HEALTH_CHECK_S)
                 backends = [i.id for i in lab.status().instances]
             else:
                 backends = [bid for bid, _ in h.target_backends()]
             h.start_samplers()
             population = Population(distinct_users=int(profile.get("distinct_users")),
                                     nat_users=int(profile.get("nat_users")), think_s=profile.get("think_s", 1.0))
-            crowd = h.crowd(population, "shopper", seed, ramp_s=profile.phase_s / 3)
+            crowd = h.crowd(population, "shopper", ctx.seed, ramp_s=profile.phase_s / 3)
             h.phase("users behind one NAT address shop", f"{population.nat_users} behind one IP, "
                                                          f"{population.distinct_users} on their own")
             h.hold(profile.phase_s, crowd)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from scenarios import Harness, crowd_series, error_notes, failed_requests, scale_profile
 from statelab import measure
-from statelab.scenario import (AppCase, Figure, Measurements, Profile, Progress, Target, Tolerance, Verdict,
-                               default_cases, judge)
+from statelab.harness import Harness, crowd_series, error_notes, failed_requests
+from statelab.scenario import (AppCase, CaseContext, Figure, Finding, Measurements, Profile, Tolerance, Verdict,
+                               default_cases, judge, scale_profile)
 from statelab.users import Population
 
-EXPECT = {"stateful": "reproduced", "stateless": "survived"}
+EXPECT: dict[str, Finding] = {"stateful": "reproduced", "stateless": "survived"}
 # The stateful app needs stickiness even to keep a session between two requests; the stateless
 # one can be balanced freely. Both are drained and health-checked during the deploy.
 POLICY = {"stateful": "cookie", "stateless": "round-robin"}
@@ -38,7 +37,7 @@ class RollingDeploy:
     name: str = "rolling-deploy"
     title: str = "Rolling deploy"
     summary: str = "restart every instance one by one while users shop: who got logged out, whose cart emptied"
-    expect: dict[str, str] = field(default_factory=lambda: dict(EXPECT))
+    expect: dict[str, Finding] = field(default_factory=lambda: dict(EXPECT))
     tolerances: tuple[Tolerance, ...] = (
         Tolerance("users_logged_out", "<=", 0, "a deploy must not log anyone out"),
         Tolerance("items_lost", "<=", 0, "a deploy must not take anything out of a cart"),
@@ -58,17 +57,17 @@ class RollingDeploy:
         return Profile(users=n, instances=3, phase_s=1.0 if quick else 4.0,
                        extra=(("think_s", 0.5 if quick else 1.5),), seed_users=max(n, 200))
 
-    def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
-            target: Target | None = None) -> Measurements:
-        with Harness(app, run_dir, progress, lb, target) as h:
+    def run(self, ctx: CaseContext) -> Measurements:
+        app, profile = ctx.app, ctx.profile
+        with Harness(ctx) as h:
             lab = h.start_lab(profile.instances, POLICY[app.app], seed_users=profile.seed_users)
             h.start_samplers()
             crowd = h.crowd(Population(distinct_users=profile.users, think_s=profile.get("think_s", 1.0)),
-                            "shopper", seed, ramp_s=min(1.0, profile.phase_s))
+                            "shopper", ctx.seed, ramp_s=min(1.0, profile.phase_s))
             h.phase("users log in and shop")
             h.hold(profile.phase_s, crowd)
             t_deploy = h.phase("rolling deploy", f"{profile.instances} instances, drain on")
-            lab.deploy(batch=1, drain=True, progress=lambda msg: progress.phase(f"{app.label}: {msg}"))
+            lab.deploy(batch=1, drain=True, progress=lambda msg: ctx.progress.phase(f"{app.label}: {msg}"))
             t_done = h.phase("after the deploy: users look at their carts")
             h.hold(profile.phase_s, crowd)
             (result,) = h.finish(crowd)

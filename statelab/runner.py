@@ -1,14 +1,15 @@
 """The runner behind `statelab run`: find the chosen scenarios, run each case in a fresh lab, build the report.
 
-It owns how cases run (one after another, or side by side with `statelab.turns`), turns a broken
-scenario into an `error` result, and records the environment a run depends on.
+It owns how cases run (one after another, or side by side with `statelab.turns`), hands each case
+its `CaseContext`, turns a broken scenario into an `error` result, and records the environment a
+run depends on. Which scenarios exist is the `scenarios` package's registry.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import platform
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,39 +17,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable, Sequence
 
+from scenarios import REGISTRY
+from statelab.config import APP_KINDS
 from statelab.errors import ConfigError, LabError
-from statelab.report import journal
+from statelab.report import html, journal
 from statelab.report import scenarios as report
-from statelab.scenario import (APPS, AppCase, Progress, RunInputs, RunReport, Scenario, ScenarioResult, Target,
-                               matches)
-from statelab.turns import ABORT, Turns, bind_case, case_waited_s, reset_case_wait, unbind_case
+from statelab.scenario import (AppCase, CaseContext, Measurements, Progress, RunInputs, RunReport, Scenario,
+                               ScenarioResult, Target, Verdict)
+from statelab.turns import Turn, Turns
 
 log = logging.getLogger(__name__)
 
-SCENARIO_MODULES = ("rolling_deploy", "nat_hotspot", "local_disk_upload", "cold_cache_autoscale")
 PACKAGES_IN_JOURNAL = ("statelab", "flask", "gunicorn", "redis", "psycopg", "rq", "minio", "httptools", "uvloop",
                        "rich")
-
-
-# --- choosing scenarios ----------------------------------------------------------------------------
-
-def all_scenarios() -> list[Scenario]:
-    """Return every scenario, in the order `statelab run all` runs them."""
-    found = []
-    for mod in SCENARIO_MODULES:
-        module = importlib.import_module(f"scenarios.{mod}")
-        found.append(module.SCENARIO)
-    return found
-
-
-def find_scenarios(name: str) -> list[Scenario]:
-    every = all_scenarios()
-    if name == "all":
-        return every
-    chosen = [s for s in every if s.name == name]
-    if not chosen:
-        raise ConfigError(f"no scenario {name!r}: choose one of {', '.join(s.name for s in every)}, or all")
-    return chosen
 
 
 # --- progress plumbing ------------------------------------------------------------------------------
@@ -105,16 +86,21 @@ class RunOptions:
         return self.parallel
 
 
-def run_case(scenario: Scenario, case: AppCase, opts: RunOptions, progress: Progress,
-             clock: Callable[[], float] = time.monotonic) -> ScenarioResult:
+def case_context(scenario: Scenario, case: AppCase, opts: RunOptions, progress: Progress,
+                 turn: Turn | None = None) -> CaseContext:
+    """Return the context one case of scenario runs with under opts."""
+    return CaseContext(app=case, profile=scenario.profile(opts.quick, opts.users), seed=opts.seed,
+                       run_dir=(opts.run_dir / scenario.name / case.key).resolve(), progress=progress, lb=opts.lb,
+                       target=Target(opts.target, opts.target_admin) if opts.target else None,
+                       turn=turn or Turn.solo())
+
+
+def run_case(scenario: Scenario, ctx: CaseContext, clock: Callable[[], float] = time.monotonic) -> ScenarioResult:
     """Run one scenario x app case; turn any failure of the scenario itself into an `error` result."""
     t0 = clock()
-    reset_case_wait()
-    case_dir = (opts.run_dir / scenario.name / case.key).resolve()
-    target = Target(opts.target, opts.target_admin) if opts.target else None
-    profile = scenario.profile(opts.quick, opts.users)
+    case = ctx.app
     try:
-        m = scenario.run(case, profile, opts.seed, opts.lb, case_dir, progress, target=target)
+        m = scenario.run(ctx)
         v = scenario.verdict(m)
     except KeyboardInterrupt:
         raise
@@ -125,26 +111,26 @@ def run_case(scenario: Scenario, case: AppCase, opts: RunOptions, progress: Prog
         else:
             log.exception("%s on %s failed", scenario.name, case.label)
             reason = f"{type(exc).__name__}: {exc}"
-        return ScenarioResult(scenario.name, case.app, case.variant, "error", case.expect, False, (),
-                              reason, clock() - t0 - case_waited_s(), run_dir=str(case_dir))
+        m, v = Measurements(()), Verdict("error", reason)
     finally:
-        progress.watch(None)
-    return ScenarioResult(scenario.name, case.app, case.variant, v.outcome, case.expect,
-                          matches(v.outcome, case.expect), m.figures, v.explanation,
-                          clock() - t0 - case_waited_s(), v.checks,
-                          m.latency, m.events, m.series, m.instances, m.notes, str(case_dir))
+        ctx.progress.watch(None)
+    return ScenarioResult(scenario.name, case, m, v, clock() - t0 - ctx.turn.waited_s, str(ctx.run_dir))
+
+
+def find_scenarios(name: str) -> list[Scenario]:
+    """Return what `statelab run name` runs (a scenario, a group, or all): the registry's answer."""
+    return list(REGISTRY.find(name))
 
 
 def run_all(opts: RunOptions, progress: Progress, on_result: Callable[[ScenarioResult], None] = lambda r: None,
             scenarios: Sequence[Scenario] | None = None) -> RunReport:
     """Run the chosen scenarios against the chosen apps, stateful first, each in a fresh lab."""
     chosen = list(scenarios) if scenarios is not None else find_scenarios(opts.scenario)
-    apps = APPS if opts.app == "both" else (opts.app,)
+    apps = APP_KINDS if opts.app == "both" else (opts.app,)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.monotonic()
     results: list[ScenarioResult] = []
     walls: list[tuple[str, float]] = []
-    ABORT.clear()
     for scenario in chosen:
         t_scenario = time.monotonic()
         cases = [c for c in scenario.cases() if c.app in apps and (c.in_quick or not opts.quick)]
@@ -153,7 +139,7 @@ def run_all(opts: RunOptions, progress: Progress, on_result: Callable[[ScenarioR
         else:
             done = []
             for case in cases:
-                done.append(run_case(scenario, case, opts, _case_progress(progress, case.key)))
+                done.append(run_case(scenario, case_context(scenario, case, opts, _case_progress(progress, case.key))))
                 on_result(done[-1])
         results.extend(done)
         walls.append((scenario.name, round(time.monotonic() - t_scenario, 3)))
@@ -162,30 +148,30 @@ def run_all(opts: RunOptions, progress: Progress, on_result: Callable[[ScenarioR
     return RunReport(inputs, started_at, time.monotonic() - t0, versions(), tuple(results), tuple(walls))
 
 
-def _run_turn(turns: Turns, i: int, scenario: Scenario, case: AppCase, opts: RunOptions,
-              progress: Progress) -> ScenarioResult:
-    bind_case(turns, i)
+def _run_turn(scenario: Scenario, ctx: CaseContext) -> ScenarioResult:
     try:
-        return run_case(scenario, case, opts, progress)
+        return run_case(scenario, ctx)
     finally:
-        turns.done(i)
-        unbind_case()
+        ctx.turn.done()
 
 
 def _run_side_by_side(scenario: Scenario, cases: Sequence[AppCase], opts: RunOptions, progress: Progress,
                       on_result: Callable[[ScenarioResult], None]) -> list[ScenarioResult]:
     """Start every case's lab at once, then let the cases send traffic one after the other (see Turns).
 
-    On Ctrl-C, ABORT tells the cases to stop waiting; we wait for their cleanup before re-raising.
+    On Ctrl-C, the turns' abort signal tells the cases to stop waiting; we wait for their cleanup
+    before re-raising.
     """
-    turns = Turns(len(cases))
+    turns = Turns(len(cases), threading.Event())
+    contexts = [case_context(scenario, c, opts, _case_progress(progress, c.key), turns.turn(i))
+                for i, c in enumerate(cases)]
     with ThreadPoolExecutor(max_workers=len(cases), thread_name_prefix="statelab-case") as pool:
-        futures = [pool.submit(_run_turn, turns, i, scenario, c, opts, _case_progress(progress, c.key))
-                   for i, c in enumerate(cases)]
+        futures = [pool.submit(_run_turn, scenario, ctx) for ctx in contexts]
         try:
             results = [f.result() for f in futures]
         except BaseException:
-            ABORT.set()
+            turns.abort.set()
+            turns.wake()
             raise
     for r in results:
         on_result(r)
@@ -221,15 +207,10 @@ def run_from_cli(opts: RunOptions) -> int:
         journal.write_junit(run, opts.junit_path)
         report.wrote("JUnit XML", opts.junit_path)
     if opts.html_path:
-        try:
-            html = importlib.import_module("statelab.report.html")
-        except ImportError:
-            report.notice("--html: the HTML report (statelab.report.html) is not part of this build yet; skipped")
-        else:
-            html.write_html(run, opts.html_path)
-            report.wrote("HTML report", opts.html_path)
+        html.write_html(run, opts.html_path)
+        report.wrote("HTML report", opts.html_path)
     return run.exit_code
 
 
-__all__ = ["CaseProgress", "NullProgress", "RunOptions", "all_scenarios", "find_scenarios", "run_all", "run_case",
+__all__ = ["CaseProgress", "NullProgress", "RunOptions", "case_context", "find_scenarios", "run_all", "run_case",
            "run_from_cli", "versions"]

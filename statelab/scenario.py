@@ -1,21 +1,29 @@
-"""The scenario framework: result types, the Scenario protocol and the pure verdict logic.
+"""The scenario framework: result types, the Scenario protocol, its case context, its registry, the verdict logic.
 
 A scenario is setup (a lab), run (traffic plus a fault), measure, verdict. Its verdict is a pure
 function of its measurements. `reproduced` and `survived` are findings; `error` means the scenario
-itself broke and is never counted as one (chaostoolkit's "deviated" vs "failed"). Running scenarios
-is `statelab.runner`'s job.
+itself broke and is never counted as one (chaostoolkit's "deviated" vs "failed"). A case runs with
+one explicit `CaseContext`; running cases is `statelab.runner`'s job, and `statelab.harness` is
+what a scenario's `run` uses to start a lab, crowds and samplers for its case.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence, get_args
 
-APPS = ("stateful", "stateless")
-OUTCOMES = ("reproduced", "survived", "error")
-EXIT_OK, EXIT_DEVIATED, EXIT_ERROR = 0, 1, 2
+from statelab.config import APP_KINDS
+from statelab.errors import ConfigError
+from statelab.events import Event
+from statelab.turns import Turn
+
+Finding = Literal["reproduced", "survived"]  # what a scenario that ran found
+Outcome = Literal["reproduced", "survived", "error"]  # error: the scenario itself broke, never a finding
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
+EXIT_OK, EXIT_DEVIATED, EXIT_ERROR = 0, 1, 2  # the exit codes of `statelab run` (and `statelab load`)
+ALL = "all"  # what `statelab run all` runs: the registry's first group, the classic disasters
 
 
 # --- result types ------------------------------------------------------------------------------
@@ -71,22 +79,11 @@ class Check:
 
 @dataclass(frozen=True)
 class Verdict:
-    outcome: str
+    """What the measurements say: the outcome, why, and each tolerance checked."""
+
+    outcome: Outcome
     explanation: str
     checks: tuple[Check, ...] = ()
-
-
-@dataclass(frozen=True)
-class Event:
-    """Something the lab or the scenario did, at t seconds since the case started."""
-
-    t: float
-    kind: str
-    target: str
-    detail: str = ""
-
-    def to_json(self) -> dict[str, object]:
-        return {"t": round(self.t, 3), "kind": self.kind, "target": self.target, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -162,7 +159,7 @@ class AppCase:
     app: str
     variant: str = ""
     env: tuple[tuple[str, str], ...] = ()
-    expect: str | None = None  # None: shown for comparison, not judged
+    expect: Finding | None = None  # None: shown for comparison, not judged
     in_quick: bool = True  # False: a comparison column left out of --quick (its time budget)
 
     @property
@@ -184,38 +181,55 @@ class Target:
 
 @dataclass(frozen=True)
 class ScenarioResult:
+    """One case's result, composed: which case, what it measured, the verdict, and how long it took.
+
+    A scenario that broke has the `error` verdict and whatever it measured (usually nothing).
+    """
+
     scenario: str
-    app: str
-    variant: str
-    outcome: str
-    expected: str | None
-    matched: bool
-    figures: tuple[Figure, ...]
-    explanation: str
+    case: AppCase
+    measurements: Measurements
+    verdict: Verdict
     wall_s: float
-    checks: tuple[Check, ...] = ()
-    latency: Latency = NO_LATENCY
-    events: tuple[Event, ...] = ()
-    series: tuple[Series, ...] = ()
-    instances: tuple[InstanceFigures, ...] = ()
-    notes: tuple[str, ...] = ()
     run_dir: str = ""
 
     @property
+    def app(self) -> str:
+        return self.case.app
+
+    @property
+    def variant(self) -> str:
+        return self.case.variant
+
+    @property
     def label(self) -> str:
-        return f"{self.app} ({self.variant})" if self.variant else self.app
+        return self.case.label
+
+    @property
+    def expected(self) -> Finding | None:
+        return self.case.expect
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.verdict.outcome
+
+    @property
+    def matched(self) -> bool:
+        return matches(self.outcome, self.expected)
 
     def figure(self, name: str) -> float:
-        return next((f.value for f in self.figures if f.name == name), math.nan)
+        """Return a measured figure's value by key (NaN when it was not measured)."""
+        return self.measurements.value(name)
 
     def to_json(self) -> dict[str, object]:
+        m, v = self.measurements, self.verdict
         return {
             "scenario": self.scenario, "app": self.app, "variant": self.variant, "outcome": self.outcome,
-            "expected": self.expected, "matched": self.matched, "explanation": self.explanation,
-            "wall_s": round(self.wall_s, 3), "figures": [f.to_json() for f in self.figures],
-            "checks": [c.to_json() for c in self.checks], "latency": self.latency.to_json(),
-            "events": [e.to_json() for e in self.events], "series": [s.to_json() for s in self.series],
-            "instances": [i.to_json() for i in self.instances], "notes": list(self.notes), "run_dir": self.run_dir,
+            "expected": self.expected, "matched": self.matched, "explanation": v.explanation,
+            "wall_s": round(self.wall_s, 3), "figures": [f.to_json() for f in m.figures],
+            "checks": [c.to_json() for c in v.checks], "latency": m.latency.to_json(),
+            "events": [e.to_json() for e in m.events], "series": [s.to_json() for s in m.series],
+            "instances": [i.to_json() for i in m.instances], "notes": list(m.notes), "run_dir": self.run_dir,
         }
 
 
@@ -333,7 +347,7 @@ def exit_code(results: Iterable[ScenarioResult]) -> int:
     return EXIT_OK
 
 
-def matches(outcome: str, expected: str | None) -> bool:
+def matches(outcome: Outcome, expected: Finding | None) -> bool:
     """Return whether an outcome is what was expected (an error never matches; None accepts any finding)."""
     if outcome == "error":
         return False
@@ -348,10 +362,12 @@ def stateless_prices(results: Iterable[ScenarioResult]) -> tuple[StatelessPrice,
         if app != "stateful" or variant:
             continue
         other = by_key.get((scenario, "stateless", ""))
-        if other is None or r.latency.requests == 0 or other.latency.requests == 0:
+        if other is None:
             continue
-        prices.append(StatelessPrice(scenario, r.latency.window, r.latency.p50_ms, other.latency.p50_ms,
-                                     r.latency.p99_ms, other.latency.p99_ms))
+        mine, theirs = r.measurements.latency, other.measurements.latency
+        if mine.requests == 0 or theirs.requests == 0:
+            continue
+        prices.append(StatelessPrice(scenario, mine.window, mine.p50_ms, theirs.p50_ms, mine.p99_ms, theirs.p99_ms))
     return tuple(prices)
 
 
@@ -388,25 +404,105 @@ class Profile:
         return dict(self.extra).get(name, default)
 
 
+def scale_profile(full: int, quick: bool, quick_value: int, users: int | None) -> int:
+    """Return a profile's user count: --users if given, else the quick or the full value."""
+    if users is not None:
+        return users
+    return quick_value if quick else full
+
+
+@dataclass(frozen=True)
+class CaseContext:
+    """Everything one case of a scenario runs with, passed explicitly to `Scenario.run`.
+
+    Like Locust's `Environment`, it is handed over, never looked up: the app case, its profile and
+    seed, where its logs go, which balancer engine (or which running deployment, `target`) it
+    drives, where it reports progress, and its `turn` (when it may send traffic, and the run's
+    abort signal).
+    """
+
+    app: AppCase
+    profile: Profile
+    seed: int
+    run_dir: Path
+    progress: Progress
+    lb: str = "builtin"
+    target: Target | None = None
+    turn: Turn = field(default_factory=Turn.solo)
+
+
 class Scenario(Protocol):
-    name: str
-    title: str
-    summary: str
-    expect: dict[str, str]
-    tolerances: tuple[Tolerance, ...]
+    """A disaster to replay: its name, story and tolerances, its cases, how it runs one, and its verdict."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def title(self) -> str: ...
+
+    @property
+    def summary(self) -> str: ...
+
+    @property
+    def expect(self) -> dict[str, Finding]: ...
+
+    @property
+    def tolerances(self) -> tuple[Tolerance, ...]: ...
 
     def profile(self, quick: bool, users: int | None) -> Profile: ...
 
     def cases(self) -> tuple[AppCase, ...]: ...
 
-    def run(self, app: AppCase, profile: Profile, seed: int, lb: str, run_dir: Path, progress: Progress,
-            target: Target | None = None) -> Measurements: ...
+    def run(self, ctx: CaseContext) -> Measurements: ...
 
     def verdict(self, measurements: Measurements) -> Verdict: ...
 
 
-def default_cases(expect: dict[str, str]) -> tuple[AppCase, ...]:
-    return tuple(AppCase(app, expect=expect.get(app)) for app in APPS)
+def default_cases(expect: dict[str, Finding]) -> tuple[AppCase, ...]:
+    return tuple(AppCase(app, expect=expect.get(app)) for app in APP_KINDS)
+
+
+@dataclass(frozen=True)
+class Registry:
+    """Every scenario by name, each in one named group, in the order `statelab list` shows them.
+
+    `statelab run NAME` takes a scenario's name or a group's; `all` is the first group (the classic
+    disasters), so adding a group never changes what `statelab run all` means.
+    """
+
+    entries: tuple[tuple[str, Scenario], ...]  # (group, scenario)
+
+    def __post_init__(self) -> None:
+        names = [s.name for _, s in self.entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scenario names must be unique: {names}")
+        if set(names) & set(self.groups()) or ALL in names:
+            raise ValueError("a scenario cannot be named like a group or `all`")
+
+    def __iter__(self) -> Iterator[Scenario]:
+        return (s for _, s in self.entries)
+
+    def groups(self) -> tuple[str, ...]:
+        """Return the group names, in order of registration."""
+        return tuple(dict.fromkeys(g for g, _ in self.entries))
+
+    def group(self, name: str) -> tuple[Scenario, ...]:
+        """Return a group's scenarios (`all`: the first group's)."""
+        if name == ALL:
+            name = self.groups()[0] if self.entries else name
+        return tuple(s for g, s in self.entries if g == name)
+
+    def get(self, name: str) -> Scenario | None:
+        """Return the scenario called name, or None."""
+        return next((s for s in self if s.name == name), None)
+
+    def find(self, name: str) -> tuple[Scenario, ...]:
+        """Return what `statelab run name` runs: a group's scenarios, or one scenario; ConfigError otherwise."""
+        chosen = self.group(name) or tuple(s for s in (self.get(name),) if s is not None)
+        if not chosen:
+            raise ConfigError(f"no scenario {name!r}: choose one of {', '.join(s.name for s in self)}, "
+                              f"a group ({', '.join(self.groups())}), or {ALL}")
+        return chosen
 
 
 # --- small helpers ---------------------------------------------------------------------------------
@@ -427,7 +523,8 @@ def _fmt(value: float) -> str:
 
 
 __all__ = [
-    "AppCase", "Check", "Event", "Figure", "InstanceFigures", "Latency", "Measurements", "Profile", "Progress",
-    "RunInputs", "RunReport", "Scenario", "ScenarioResult", "Series", "StatelessPrice", "Target", "Tolerance",
-    "Verdict", "default_cases", "exit_code", "judge", "matches", "percentile", "stateless_prices",
+    "ALL", "AppCase", "CaseContext", "Check", "Event", "Figure", "Finding", "InstanceFigures", "Latency",
+    "Measurements", "OUTCOMES", "Outcome", "Profile", "Progress", "Registry", "RunInputs", "RunReport", "Scenario",
+    "ScenarioResult", "Series", "StatelessPrice", "Target", "Tolerance", "Verdict", "default_cases", "exit_code",
+    "judge", "matches", "percentile", "scale_profile", "stateless_prices",
 ]

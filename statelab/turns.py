@@ -1,8 +1,9 @@
 """Turn-taking for a scenario's cases run side by side: labs start together, traffic goes one case at a time.
 
-The runner binds each case thread to its turn (`Turns`, `bind_case`); the scenarios' harness calls
-`case_lab_ready`, `case_wait_turn` and `case_traffic_done`, no-ops outside side-by-side runs.
-`ABORT` is set on Ctrl-C so waiting cases stop and clean up.
+The runner makes one `Turns` per scenario and hands each case its `Turn` in the case's context;
+the harness calls `lab_ready`, `wait` and `done` on it. A case run on its own gets `Turn.solo()`,
+which never waits. Every turn carries the run's abort signal (set on Ctrl-C), so waiting cases stop
+and clean up.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ import time
 
 from statelab.errors import ScenarioError
 
-ABORT = threading.Event()  # set on Ctrl-C: running cases stop waiting and clean up
 TURN_TIMEOUT_S = 600.0
-_case = threading.local()
 
 
 class Turns:
@@ -25,29 +24,40 @@ class Turns:
     lab is up (or failed) and cases 0..i-1 have finished their traffic.
     """
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, abort: threading.Event | None = None, timeout_s: float = TURN_TIMEOUT_S) -> None:
         self.n = n
+        self.abort = abort or threading.Event()
+        self.timeout_s = timeout_s
         self.ready: set[int] = set()
         self.next = 0
         self.cv = threading.Condition()
+
+    def turn(self, i: int) -> "Turn":
+        """Return case i's turn."""
+        return Turn(self.abort, self, i)
 
     def lab_ready(self, i: int) -> None:
         with self.cv:
             self.ready.add(i)
             self.cv.notify_all()
 
-    def wait_turn(self, i: int) -> None:
+    def wait_turn(self, i: int) -> float:
+        """Block until case i may send traffic; return how long that took.
+
+        KeyboardInterrupt when the run is aborted; ScenarioError after timeout_s.
+        """
         with self.cv:
             self.ready.add(i)
             self.cv.notify_all()
             t0 = time.monotonic()
-            ok = self.cv.wait_for(lambda: ABORT.is_set() or (len(self.ready) >= self.n and self.next >= i),
-                                  timeout=TURN_TIMEOUT_S)
-            _case.waited_s = getattr(_case, "waited_s", 0.0) + time.monotonic() - t0
-        if ABORT.is_set():
+            ok = self.cv.wait_for(lambda: self.abort.is_set() or (len(self.ready) >= self.n and self.next >= i),
+                                  timeout=self.timeout_s)
+            waited = time.monotonic() - t0
+        if self.abort.is_set():
             raise KeyboardInterrupt
         if not ok:
-            raise ScenarioError(f"waited {TURN_TIMEOUT_S:.0f} s for the other cases of this scenario")
+            raise ScenarioError(f"waited {self.timeout_s:.0f} s for the other cases of this scenario")
+        return waited
 
     def done(self, i: int) -> None:
         with self.cv:
@@ -55,47 +65,46 @@ class Turns:
             self.next = max(self.next, i + 1)
             self.cv.notify_all()
 
-
-# --- the runner's side: which turn this thread's case holds, and how long it waited for it ----------
-
-def bind_case(turns: Turns, i: int) -> None:
-    """Make this thread's case case i of turns (its hooks now wait for that turn)."""
-    _case.turns, _case.index, _case.waited_s = turns, i, 0.0
+    def wake(self) -> None:
+        """Wake every waiting case (after setting the abort signal)."""
+        with self.cv:
+            self.cv.notify_all()
 
 
-def unbind_case() -> None:
-    """Detach this thread from its turns (the hooks become no-ops again)."""
-    _case.turns = None
+class Turn:
+    """One case's place in its scenario's turns (none when it runs alone), and the run's abort signal."""
+
+    def __init__(self, abort: threading.Event, turns: Turns | None = None, index: int = 0) -> None:
+        self.abort = abort
+        self.turns = turns
+        self.index = index
+        self.waited_s = 0.0  # time spent waiting for the turn: the runner leaves it out of the case's wall time
+
+    @classmethod
+    def solo(cls, abort: threading.Event | None = None) -> "Turn":
+        """Return the turn of a case that runs alone: it never waits."""
+        return cls(abort or threading.Event())
+
+    @property
+    def aborted(self) -> bool:
+        return self.abort.is_set()
+
+    def lab_ready(self) -> None:
+        """Tell the other cases this case has its lab up."""
+        if self.turns is not None:
+            self.turns.lab_ready(self.index)
+
+    def wait(self) -> None:
+        """Block until this case may send traffic (at once when alone; KeyboardInterrupt on abort)."""
+        if self.turns is not None:
+            self.waited_s += self.turns.wait_turn(self.index)
+        elif self.aborted:
+            raise KeyboardInterrupt
+
+    def done(self) -> None:
+        """Let the next case send traffic."""
+        if self.turns is not None:
+            self.turns.done(self.index)
 
 
-def reset_case_wait() -> None:
-    """Start counting this thread's case's waiting time from zero."""
-    _case.waited_s = 0.0
-
-
-def case_waited_s() -> float:
-    """Return how long this thread's case has waited for its turn, so the runner can leave it out of wall time."""
-    return float(_case.waited_s)
-
-
-# --- the case's side: hooks the scenarios' harness calls ---------------------------------------------
-
-def case_lab_ready() -> None:
-    """Tell the runner this thread's case has its lab up (no-op outside side-by-side runs)."""
-    turns = getattr(_case, "turns", None)
-    if turns is not None:
-        turns.lab_ready(_case.index)
-
-
-def case_wait_turn() -> None:
-    """Block until this case may send traffic (no-op outside side-by-side runs)."""
-    turns = getattr(_case, "turns", None)
-    if turns is not None:
-        turns.wait_turn(_case.index)
-
-
-def case_traffic_done() -> None:
-    """Let the next case send traffic (no-op outside side-by-side runs)."""
-    turns = getattr(_case, "turns", None)
-    if turns is not None:
-        turns.done(_case.index)
+__all__ = ["TURN_TIMEOUT_S", "Turn", "Turns"]

@@ -42,7 +42,7 @@ def case(run: RunReport, scenario: str, app: str, variant: str = "") -> Scenario
     found = [r for r in run.results if (r.scenario, r.app, r.variant) == (scenario, app, variant)]
     assert len(found) == 1, f"no single result for {scenario}/{app}/{variant}"
     r = found[0]
-    assert r.outcome != "error", f"{scenario} on {r.label} broke: {r.explanation}"
+    assert r.outcome != "error", f"{scenario} on {r.label} broke: {r.verdict.explanation}"
     return r
 
 
@@ -75,7 +75,7 @@ def test_nat_hotspot_spreads_evenly_on_the_stateless_app(run: RunReport) -> None
     r = case(run, "nat-hotspot", "stateless")
     assert r.figure("max_mean_ratio") < 1.3
     assert r.figure("idle_instances") == 0
-    assert sum(i.requests for i in r.instances) > 100
+    assert sum(i.requests for i in r.measurements.instances) > 100
     assert r.outcome == "survived"
 
 

@@ -6,14 +6,15 @@ import math
 
 import pytest
 
+from scenarios import REGISTRY
 from scenarios.cold_cache_autoscale import SCENARIO as COLD_CACHE
 from scenarios.local_disk_upload import SCENARIO as LOCAL_DISK
 from scenarios.nat_hotspot import SCENARIO as NAT
 from scenarios.rolling_deploy import SCENARIO as ROLLING
 from statelab import measure
-from statelab.runner import all_scenarios
-from statelab.scenario import (EXIT_DEVIATED, EXIT_ERROR, EXIT_OK, Figure, Latency, Measurements, ScenarioResult,
-                               Tolerance, exit_code, judge, matches, percentile, stateless_prices)
+from statelab.scenario import (EXIT_DEVIATED, EXIT_ERROR, EXIT_OK, AppCase, Figure, Finding, Latency, Measurements,
+                               Outcome, ScenarioResult, Tolerance, Verdict, exit_code, judge, matches, percentile,
+                               stateless_prices)
 
 
 def m(**values: float) -> Measurements:
@@ -129,9 +130,9 @@ def test_cold_cache_comparison_columns_share_one_short_ttl_and_differ_only_in_th
 
 
 def test_every_scenario_is_named_in_kebab_case_and_expects_both_findings() -> None:
-    names = [s.name for s in all_scenarios()]
+    names = [s.name for s in REGISTRY.find("all")]
     assert names == ["rolling-deploy", "nat-hotspot", "local-disk-upload", "cold-cache-autoscale"]
-    for s in all_scenarios():
+    for s in REGISTRY:
         assert s.expect == {"stateful": "reproduced", "stateless": "survived"}
         assert s.tolerances and s.summary and s.title
         assert "What breaks" in (type(s).__doc__ or "") and "stateless design" in (type(s).__doc__ or "")
@@ -140,7 +141,7 @@ def test_every_scenario_is_named_in_kebab_case_and_expects_both_findings() -> No
 
 
 def test_quick_profiles_are_smaller_and_users_override() -> None:
-    for s in all_scenarios():
+    for s in REGISTRY:
         quick, full = s.profile(True, None), s.profile(False, None)
         assert quick.users < full.users and quick.phase_s < full.phase_s
     assert ROLLING.profile(True, 77).users == 77
@@ -165,7 +166,7 @@ def test_a_precondition_whose_figure_is_missing_is_an_error_naming_it() -> None:
     assert v.outcome == "error" and "requests was not measured" in v.explanation
 
 
-@pytest.mark.parametrize("scenario", all_scenarios(), ids=lambda s: s.name)
+@pytest.mark.parametrize("scenario", list(REGISTRY), ids=lambda s: s.name)
 def test_every_scenario_errors_when_a_verdict_figure_is_missing(scenario: object) -> None:
     """A run that measured nothing is never a finding, whichever scenario it is."""
     v = scenario.verdict(m())  # type: ignore[attr-defined]
@@ -184,10 +185,15 @@ def test_verdicts_are_deterministic() -> None:
 
 # --- exit codes ------------------------------------------------------------------------------------
 
-def result(outcome: str, expected: str | None = "reproduced", scenario: str = "s", app: str = "stateful",
+def result(outcome: Outcome, expected: Finding | None = "reproduced", scenario: str = "s", app: str = "stateful",
            variant: str = "", latency: Latency = Latency(2.0, 9.0, 100, "w")) -> ScenarioResult:
-    return ScenarioResult(scenario, app, variant, outcome, expected, matches(outcome, expected), (), "", 1.0,
-                          latency=latency)
+    return ScenarioResult(scenario, AppCase(app, variant, expect=expected), Measurements((), latency),
+                          Verdict(outcome, ""), 1.0)
+
+
+def test_a_result_is_matched_when_its_outcome_is_the_expected_finding() -> None:
+    assert result("reproduced").matched and not result("survived").matched
+    assert not result("error").matched and result("survived", None).matched
 
 
 def test_exit_code_zero_only_when_everything_matched() -> None:
@@ -279,37 +285,3 @@ def test_the_story_is_told_only_when_the_main_tolerance_broke() -> None:
     v = COLD_CACHE.verdict(m(baseline_db_qps=40.0, instances_after=6, db_load_ratio=1.1, failed_requests=3))
     assert v.outcome == "reproduced"
     assert "empty cache" not in v.explanation and "failed_requests = 3" in v.explanation
-
-
-# --- side-by-side labs, one case's traffic at a time ------------------------------------------------
-
-def test_turns_let_cases_send_traffic_in_order_after_every_lab_is_up() -> None:
-    import threading
-    import time
-
-    from statelab.turns import Turns
-
-    turns, order, lock = Turns(3), [], threading.Lock()
-
-    def case(i: int, start_delay: float) -> None:
-        time.sleep(start_delay)  # labs come up in any order
-        turns.lab_ready(i)
-        turns.wait_turn(i)
-        with lock:
-            order.append(i)
-        turns.done(i)
-
-    threads = [threading.Thread(target=case, args=(i, d)) for i, d in ((0, 0.05), (1, 0.0), (2, 0.02))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(5)
-    assert order == [0, 1, 2]
-
-
-def test_a_case_whose_lab_failed_does_not_block_the_others() -> None:
-    from statelab.turns import Turns
-
-    turns = Turns(2)
-    turns.done(0)  # case 0 broke before its lab was up
-    turns.wait_turn(1)  # returns at once

@@ -20,13 +20,12 @@ Keys read, all optional (a missing one leaves its part out or says "no data reco
         "latency" {"p50_ms", "p95_ms", "p99_ms", "window"}.
     price: "scenario", "window", "extra_p50_ms", "extra_p99_ms".
 
-A scenario's title and summary come from the result if present, else from the scenario module
-(`scenarios.<name>`), else the name.
+A scenario's title and summary come from the result if present, else from the scenario registry
+(`scenarios.REGISTRY`), else the name.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass
 from html import escape
@@ -160,12 +159,14 @@ def _merge(a: Points, b: Points) -> Points:
 
 
 def _scenario_meta(name: str) -> tuple[str, str]:
-    """Return (title, summary) from the scenario's module, if it can be imported; else the name."""
+    """Return (title, summary) from the scenario registry, if it knows the scenario; else the name."""
     try:
-        sc = importlib.import_module(f"scenarios.{name.replace('-', '_')}").SCENARIO
-        return str(sc.title), str(sc.summary)
+        from scenarios import REGISTRY  # here: the renderer reads journals, the registry is only for titles
+
+        sc = REGISTRY.get(name)
     except Exception:  # a renderer must not fail for want of a title
-        return name, ""
+        sc = None
+    return (str(sc.title), str(sc.summary)) if sc is not None else (name, "")
 
 
 def read_journal(journal: Mapping[str, Any]) -> list[ScenarioView]:

@@ -12,8 +12,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from statelab.scenario import (Check, Event, Figure, InstanceFigures, Latency, RunInputs, RunReport, ScenarioResult,
-                               Series, Tolerance)
+from statelab.events import Event
+from statelab.scenario import (AppCase, Check, Figure, InstanceFigures, Latency, Measurements, RunInputs, RunReport,
+                               ScenarioResult, Series, Tolerance, Verdict)
 
 
 def dumps(run: RunReport) -> str:
@@ -37,22 +38,23 @@ def _f(v: Any) -> float:
 
 
 def result_from_json(d: dict[str, Any]) -> ScenarioResult:
-    """Rebuild a ScenarioResult from its to_json() form."""
+    """Rebuild a ScenarioResult from its to_json() form (`matched` follows from outcome and expected)."""
     lat = d["latency"]
-    return ScenarioResult(
-        scenario=d["scenario"], app=d["app"], variant=d["variant"], outcome=d["outcome"], expected=d["expected"],
-        matched=d["matched"], explanation=d["explanation"], wall_s=d["wall_s"],
+    measurements = Measurements(
         figures=tuple(Figure(f["name"], f["label"], _f(f["value"]), f["unit"]) for f in d["figures"]),
-        checks=tuple(Check(Tolerance(c["tolerance"]["figure"], c["tolerance"]["op"], _f(c["tolerance"]["limit"]),
-                                     c["tolerance"]["why"]), _f(c["value"]), c["held"]) for c in d["checks"]),
         latency=Latency(_f(lat["p50_ms"]), _f(lat["p99_ms"]), lat["requests"], lat["window"]),
         events=tuple(Event(e["t"], e["kind"], e["target"], e["detail"]) for e in d["events"]),
         series=tuple(Series(s["name"], s["unit"], tuple((float(t), _f(v)) for t, v in s["points"]))
                      for s in d["series"]),
         instances=tuple(InstanceFigures(i["instance"], i["requests"], _f(i["share"]), i["errors"], _f(i["p50_ms"]),
                                         _f(i["p99_ms"]), i["note"]) for i in d["instances"]),
-        notes=tuple(d["notes"]), run_dir=d["run_dir"],
+        notes=tuple(d["notes"]),
     )
+    verdict = Verdict(d["outcome"], d["explanation"],
+                      tuple(Check(Tolerance(c["tolerance"]["figure"], c["tolerance"]["op"], _f(c["tolerance"]["limit"]),
+                                            c["tolerance"]["why"]), _f(c["value"]), c["held"]) for c in d["checks"]))
+    return ScenarioResult(d["scenario"], AppCase(d["app"], d["variant"], expect=d["expected"]), measurements, verdict,
+                          d["wall_s"], d["run_dir"])
 
 
 def from_json(d: dict[str, Any]) -> RunReport:
@@ -82,14 +84,15 @@ def junit_xml(run: RunReport) -> ET.Element:
         for r in results:
             case = ET.SubElement(suite, "testcase", classname=f"statelab.{scenario}", name=r.label,
                                  time=f"{r.wall_s:.3f}")
-            figures = "\n".join(f"{f.label}: {f.value:g} {f.unit}".rstrip() for f in r.figures)
+            figures = "\n".join(f"{f.label}: {f.value:g} {f.unit}".rstrip() for f in r.measurements.figures)
+            why = r.verdict.explanation
             if r.outcome == "error":
-                ET.SubElement(case, "error", message=r.explanation.splitlines()[0] if r.explanation else "error",
-                              type="ScenarioError").text = r.explanation
+                ET.SubElement(case, "error", message=why.splitlines()[0] if why else "error",
+                              type="ScenarioError").text = why
             elif not r.matched:
                 ET.SubElement(case, "failure", message=f"expected {r.expected}, got {r.outcome}",
-                              type="Deviation").text = f"{r.explanation}\n\n{figures}"
-            ET.SubElement(case, "system-out").text = f"outcome: {r.outcome}\n{r.explanation}\n\n{figures}"
+                              type="Deviation").text = f"{why}\n\n{figures}"
+            ET.SubElement(case, "system-out").text = f"outcome: {r.outcome}\n{why}\n\n{figures}"
     root.set("failures", str(totals["failures"]))
     root.set("errors", str(totals["errors"]))
     return root

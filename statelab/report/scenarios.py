@@ -78,7 +78,7 @@ class LiveProgress:
 
     def done(self, result: ScenarioResult) -> None:
         """Drop a finished case's live lines and print its one-line outcome."""
-        key = f"{result.app}-{result.variant}" if result.variant else result.app
+        key = result.case.key
         with self._lock:
             self._cases.pop(key, None)
             self._cases.pop("", None)
@@ -108,13 +108,13 @@ def scenario_table(scenario: str, results: Sequence[ScenarioResult]) -> Table:
         table.add_column(r.label, justify="right")
     names: list[tuple[str, str]] = []
     for r in results:
-        for f in r.figures:
+        for f in r.measurements.figures:
             if f.name not in {n for n, _ in names}:
                 names.append((f.name, f.label))
     for name, label in names:
         cells = []
         for r in results:
-            fig = next((f for f in r.figures if f.name == name), None)
+            fig = next((f for f in r.measurements.figures if f.name == name), None)
             cells.append(_value(fig.value, fig.unit) if fig else "")
         table.add_row(label, *cells)
     verdicts = []
@@ -152,8 +152,8 @@ def run_report(run: RunReport, scenarios: Mapping[str, Scenario]) -> None:
             console.print(f"[dim]survived only if:[/dim] {tol}")
         for r in results:
             style = OUTCOME_STYLE.get(r.outcome, "")
-            console.print(f"[{style}]{r.label}[/{style}]: {r.explanation}")
-            for note in r.notes:
+            console.print(f"[{style}]{r.label}[/{style}]: {r.verdict.explanation}")
+            for note in r.measurements.notes:
                 console.print(f"  [dim]{note}[/dim]")
         price = prices.get(name)
         if price:
@@ -204,7 +204,3 @@ def scenario_list(scenarios: Iterable[Scenario]) -> None:
 
 def wrote(label: str, path: Path) -> None:
     console.print(f"[dim]wrote {label}:[/dim] {path}")
-
-
-def notice(message: str) -> None:
-    err_console.print(f"[yellow]note:[/yellow] {message}")
