@@ -16,15 +16,17 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from statelab.balancer.policies import POLICY_NAMES
+from statelab.config import APP_KINDS, default_run_root
+from statelab.engines import ENGINE_NAMES
 from statelab.errors import LabError
+from statelab.scenario import EXIT_ERROR, EXIT_OK
+from statelab.seed import SEED_PRODUCTS, SEED_USERS
 
-EXIT_OK, EXIT_DEVIATED, EXIT_ERROR = 0, 1, 2
-POLICY_HELP = "round-robin, least-connections, ip-hash, cookie, consistent-hash or p2c"
+POLICY_HELP = ", ".join(POLICY_NAMES[:-1]) + f" or {POLICY_NAMES[-1]}"
 
 
 def _default_run_dir(label: str) -> Path:
-    from statelab.config import default_run_root
-
     return default_run_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
 
 
@@ -52,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run scenarios against real processes. Exit 0 if every result matched its "
                                    "expectation, 1 if any deviated, 2 on errors.")
     p.add_argument("scenario", help="a scenario name from `statelab list`, or `all`")
-    p.add_argument("--app", choices=("stateful", "stateless", "both"), default="both")
+    p.add_argument("--app", choices=(*APP_KINDS, "both"), default="both")
     p.add_argument("--quick", action="store_true", help="smaller, faster profile (the whole set in about a minute)")
     p.add_argument("--seed", type=int, default=1, help="seed for the simulated users (default: 1)")
     p.add_argument("--users", type=int, default=None, help="override the number of simulated users")
-    p.add_argument("--lb", choices=("builtin", "haproxy"), default="builtin", help="balancer engine")
+    p.add_argument("--lb", choices=ENGINE_NAMES, default="builtin", help="balancer engine")
     p.add_argument("--json", type=Path, dest="json_path", help="write the JSON journal here")
     p.add_argument("--junit", type=Path, help="write JUnit XML here (one case per scenario x app)")
     p.add_argument("--html", type=Path, help="write a self-contained HTML report with charts here")
@@ -68,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start a whole lab and keep it up until Ctrl-C",
                        description="Start PostgreSQL (+ Redis and S3 for the stateless app), seed, start N "
                                    "instances and a balancer, print what runs where, and stay up until Ctrl-C.")
-    p.add_argument("--app", choices=("stateful", "stateless"), required=True)
+    p.add_argument("--app", choices=APP_KINDS, required=True)
     p.add_argument("--instances", type=int, default=3, help="number of app instances (default: 3)")
     p.add_argument("--policy", default="round-robin", help=f"balancing policy: {POLICY_HELP}")
-    p.add_argument("--lb", choices=("builtin", "haproxy"), default="builtin", help="balancer engine")
+    p.add_argument("--lb", choices=ENGINE_NAMES, default="builtin", help="balancer engine")
     p.add_argument("--port", type=int, default=8000, help="balancer port (default: 8000; 0 picks a free one)")
     p.add_argument("--auth-mode", choices=("session", "jwt"), default="session", help="stateless app only")
     p.add_argument("--threads", type=int, default=8, help="gunicorn threads per instance (default: 8)")
@@ -121,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("seed", help="create the schema and seed data in a PostgreSQL database (compose uses it)")
     p.add_argument("--database-url", required=True)
-    p.add_argument("--users", type=int, default=5000)
-    p.add_argument("--products", type=int, default=500)
+    p.add_argument("--users", type=int, default=SEED_USERS)
+    p.add_argument("--products", type=int, default=SEED_PRODUCTS)
     p.set_defaults(func=cmd_seed)
 
     p = sub.add_parser("load", help="drive load with Locust against a running lab (web UI on 127.0.0.1:8089)")
@@ -167,10 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 # --- subcommands ------------------------------------------------------------------------------
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from scenarios import REGISTRY
     from statelab.report import scenarios as report
-    from statelab.runner import all_scenarios
 
-    report.scenario_list(all_scenarios())
+    report.scenario_list(REGISTRY)
     return EXIT_OK
 
 
@@ -289,9 +291,32 @@ def cmd_seed(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from statelab.loadgen import run_locust
+    """Run Locust against the running lab (or --host): exit 0 if users saw no failure, 1 if they did."""
+    from statelab import loadgen
+    from statelab.report import lab as report
 
-    return run_locust(args)
+    if args.host:
+        host, lab_run_dir = args.host, default_run_root()
+    else:
+        host, lab_run_dir = loadgen.lab_target(args.state_file)
+    loadgen.check_answers(host)
+    opts = loadgen.LoadOptions(host=host, run_dir=lab_run_dir / f"load-{time.strftime('%Y%m%d-%H%M%S')}",
+                               users=args.users, spawn_rate=args.spawn_rate,
+                               run_time=None if args.web else args.run_time, web=args.web,
+                               users_per_address=args.users_per_address, shape=args.shape)
+    report.progress(f"Locust against {host}: {opts.users} users, {opts.users_per_address} per source address "
+                    f"(log: {opts.log_path})")
+    proc = loadgen.start_locust(opts)
+    try:
+        if opts.web:
+            report.line(f"Locust web UI: http://{loadgen.WEB_HOST}:{opts.web_port}  (press Start there; Ctrl-C "
+                        "stops it). Break the lab from another shell: `statelab deploy`.")
+        run = loadgen.finish(proc, opts)
+    finally:
+        proc.stop()
+    if run.summary is not None:
+        report.load_summary(run.summary, opts.csv_prefix)
+    return run.code
 
 
 def cmd_lint(args: argparse.Namespace) -> int:

@@ -2,12 +2,13 @@
 
 Locust is never imported here: importing it gevent-patches the whole interpreter. The child runs
 loadtests/locustfile.py with its output in a log file in the run directory and its statistics in
-CSV files next to it; `read_summary` turns those into frozen records for the report and tests.
+CSV files next to it; `finish` waits for it and returns what it measured as frozen records. This
+module returns data: `statelab.cli` turns the command line into `LoadOptions`, `statelab.report`
+prints the results.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -20,7 +21,6 @@ from pathlib import Path
 
 import requests
 
-from statelab.config import default_run_root
 from statelab.errors import ConfigError, ControlError, ServiceFailed
 from statelab.procs import ManagedProcess, http_probe, log_tail
 
@@ -31,7 +31,8 @@ READY_TIMEOUT_S = 30.0
 FINISH_GRACE_S = 30.0  # after --run-time: Locust stops its users and writes its CSV files
 WAIT_POLL_S = 0.2
 CSV_PREFIX = "locust"
-EXIT_OK, EXIT_FAILURES, EXIT_ERROR = 0, 1, 2
+# Locust's own exit codes (with --exit-code-on-error 1): 0 no failure, 1 its users saw failures.
+LOCUST_OK, LOCUST_FAILURES = 0, 1
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?$")
 
 
@@ -93,6 +94,14 @@ class LoadSummary:
     def failures_matching(self, text: str) -> int:
         """Return how many failures had `text` in their error message."""
         return sum(f.occurrences for f in self.failures if text in f.error)
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    """How one Locust run ended: Locust's exit code (0 or 1) and its statistics, if it wrote any."""
+
+    code: int
+    summary: LoadSummary | None
 
 
 def parse_duration_s(text: str) -> float:
@@ -159,7 +168,22 @@ def wait_finished(proc: ManagedProcess, run_time: str) -> int:
             return code
         time.sleep(WAIT_POLL_S)
     code = proc.stop()
-    return code if code is not None else EXIT_ERROR
+    return code if code is not None else -1
+
+
+def finish(proc: ManagedProcess, opts: LoadOptions) -> LoadRun:
+    """Wait for a started Locust to end (headless: its run time; web UI: Ctrl-C), stop it, read its figures.
+
+    A Locust that broke (any exit code but 0 or 1) is a ServiceFailed with its log's tail.
+    """
+    try:
+        code = wait_interrupted(proc) if opts.web else wait_finished(proc, opts.run_time or "0s")
+    finally:
+        proc.stop()
+    if code not in (LOCUST_OK, LOCUST_FAILURES):
+        raise ServiceFailed(f"Locust exited with code {code} (log: {opts.log_path})", log_tail(opts.log_path))
+    stats = Path(f"{opts.csv_prefix}_stats.csv")
+    return LoadRun(code, read_summary(opts.csv_prefix) if stats.exists() else None)
 
 
 def read_summary(csv_prefix: Path) -> LoadSummary:
@@ -215,43 +239,12 @@ def check_answers(host: str) -> None:
         raise ControlError(f"nothing answers at {host}: is `statelab up` still running?") from None
 
 
-def run_locust(args: argparse.Namespace) -> int:
-    """Run `statelab load`: exit 0 if users saw no failure, 1 if they did, 2 if Locust itself broke."""
-    from statelab.report import lab as report
-
-    if args.host:
-        host, lab_run_dir = args.host, default_run_root()
-    else:
-        host, lab_run_dir = lab_target(args.state_file)
-    check_answers(host)
-    opts = LoadOptions(host=host, run_dir=lab_run_dir / f"load-{time.strftime('%Y%m%d-%H%M%S')}",
-                       users=args.users, spawn_rate=args.spawn_rate, run_time=None if args.web else args.run_time,
-                       web=args.web, users_per_address=args.users_per_address, shape=args.shape)
-    report.progress(f"Locust against {host}: {opts.users} users, {opts.users_per_address} per source address "
-                    f"(log: {opts.log_path})")
-    proc = start_locust(opts)
-    try:
-        if opts.web:
-            report.line(f"Locust web UI: http://{WEB_HOST}:{opts.web_port}  (press Start there; Ctrl-C stops it). "
-                        "Break the lab from another shell: `statelab deploy`.")
-            code = _wait_until_interrupted(proc)
-        else:
-            code = wait_finished(proc, opts.run_time or "0s")
-    finally:
-        proc.stop()
-    if code not in (EXIT_OK, EXIT_FAILURES):
-        raise ServiceFailed(f"Locust exited with code {code} (log: {opts.log_path})", log_tail(opts.log_path))
-    if Path(f"{opts.csv_prefix}_stats.csv").exists():
-        report.load_summary(read_summary(opts.csv_prefix), opts.csv_prefix)
-    return code
-
-
 def _port_taken(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex((WEB_HOST, port)) == 0
 
 
-def _wait_until_interrupted(proc: ManagedProcess) -> int:
+def wait_interrupted(proc: ManagedProcess) -> int:
     """Wait while the web UI runs; Ctrl-C (or SIGTERM) stops Locust, which then writes its CSV files."""
     try:
         while proc.poll() is None:
@@ -260,8 +253,9 @@ def _wait_until_interrupted(proc: ManagedProcess) -> int:
         pass
     code = proc.stop()
     # Stopped by us, Locust exits 1 when its users saw failures and -15/0 otherwise.
-    return code if code in (EXIT_OK, EXIT_FAILURES) else EXIT_OK
+    return code if code in (LOCUST_OK, LOCUST_FAILURES) else LOCUST_OK
 
 
-__all__ = ["LoadOptions", "LoadSummary", "RequestStats", "FailureStats", "run_locust", "start_locust",
-           "wait_finished", "read_summary", "locust_argv", "parse_duration_s", "lab_target", "LOCUSTFILE"]
+__all__ = ["LOCUSTFILE", "WEB_HOST", "FailureStats", "LoadOptions", "LoadRun", "LoadSummary", "RequestStats",
+           "check_answers", "finish", "lab_target", "locust_argv", "parse_duration_s", "read_summary", "start_locust",
+           "wait_finished", "wait_interrupted"]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from statelab.loadgen import LoadSummary
+from statelab.loadgen import LoadSummary
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -71,7 +70,7 @@ def flush() -> None:
     sys.stdout.flush()
 
 
-def load_summary(summary: "LoadSummary", csv_prefix: Path) -> None:
+def load_summary(summary: LoadSummary, csv_prefix: Path) -> None:
     """Print what a Locust run measured, business failures (logged out, cart lost, ...) first."""
     t = summary.total
     console.print(f"{t.requests} requests, {t.failures} failed, {t.rps:.1f} req/s, "
