@@ -1,17 +1,24 @@
-"""Shared fixtures: real backing servers started by the runtime's own service code, once per session."""
+"""Shared fixtures: real backing servers started by the runtime's own service code, once per session.
+
+Fixtures only: shared helpers and fakes live in `tests/support/`, which tests import directly.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import psutil
 import pytest
+from flask import Flask
+from flask.testing import FlaskClient
 
-from statelab import services
-from statelab.config import BackingUrls, Secret
+from statelab import seed, services
+from statelab.config import APP_KINDS, BackingUrls, Secret
+from tests.support.apps import app_test_config, make_app
 
 if TYPE_CHECKING:
     from statelab.control import ControlServer
@@ -41,8 +48,6 @@ def backing_services(run_dir: Path) -> Iterator[dict[str, services.Service]]:
 @pytest.fixture(scope="session")
 def backing(backing_services: dict[str, services.Service]) -> BackingUrls:
     """URLs of the seeded database, Redis and S3 (what LAB_* variables carry to an app)."""
-    from statelab import seed
-
     db_url = services.create_database(backing_services["postgres"].url)
     seed.seed(db_url)
     s3 = backing_services["s3"]
@@ -65,34 +70,8 @@ def no_orphans_after_session() -> Iterator[None]:
 
 # --- the two apps (fixtures for the app tests) -----------------------------------------------------
 
-import itertools  # noqa: E402
-import secrets  # noqa: E402
-from typing import Any, Callable  # noqa: E402
-
-from flask import Flask  # noqa: E402
-from flask.testing import FlaskClient  # noqa: E402
-
-from statelab.config import APP_KINDS  # noqa: E402
-
 # Each test that logs in takes fresh users from here, so carts and sessions never meet across tests.
 _next_user = itertools.count(3001)
-
-
-def app_test_config(kind: str, backing: BackingUrls, upload_dir: Path, **overrides: Any) -> dict[str, Any]:
-    """Return the test_config for create_app: the backing stores' LAB_* variables plus overrides."""
-    return {"TESTING": True, **backing.app_env(), "LAB_INSTANCE_ID": f"{kind}-test",
-            "LAB_UPLOAD_DIR": str(upload_dir), **overrides}
-
-
-def make_app(kind: str, config: dict[str, Any]) -> Flask:
-    """Build one of the two apps from a test_config."""
-    if kind == "stateful":
-        import stateful_app
-
-        return stateful_app.create_app(config)
-    import stateless_app
-
-    return stateless_app.create_app(config)
 
 
 @pytest.fixture
@@ -119,18 +98,7 @@ def client(request: pytest.FixtureRequest, app_factory: Callable[..., Flask]) ->
 @pytest.fixture
 def username() -> str:
     """Return a seeded user nobody else in this test session logs in as."""
-    return f"user{next(_next_user):04d}"
-
-
-def login(client: FlaskClient, name: str) -> dict[str, Any]:
-    """Log client in as a seeded user and return the response body."""
-    response = client.post("/login", json={"username": name, "password": "statelab"})
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()  # type: ignore[no-any-return]
-
-
-def random_key() -> str:
-    return secrets.token_hex(16)
+    return seed.username(next(_next_user))
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,13 @@ import pytest
 import requests
 
 from statelab.balancer.admin import AdminError, handle
-from statelab.balancer.engine import BackendStatus, BuiltinEngine, Record, make_engine
+from statelab.engines import BackendStatus, Record, make_engine
+from statelab.engines.builtin import BuiltinEngine
 from statelab.balancer.proxy import Balancer, BalancerOptions
 from statelab.balancer.records import RecordRing
 from statelab.errors import ConfigError, ControlError
 from statelab.procs import free_port
+from tests.support.backends import start_backend
 
 
 def balancer() -> Balancer:
@@ -76,8 +78,6 @@ def test_unknown_engine_is_a_config_error() -> None:
 
 @pytest.mark.live
 def test_builtin_engine_drives_a_live_balancer(tmp_path: Path) -> None:
-    from test_proxy import start_backend
-
     with ExitStack() as stack:
         backends = [(bid, start_backend(stack, tmp_path, bid)) for bid in ("app-1", "app-2", "app-3")]
         eng = make_engine("builtin", health_interval_s=0.2)

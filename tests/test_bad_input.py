@@ -18,8 +18,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import APP_KINDS, app_test_config, login, make_app
-from statelab.config import BackingUrls
+from statelab.config import APP_KINDS, BackingUrls
+from statelab.seed import SEED_PASSWORD, username
+from tests.support.apps import app_test_config, login, make_app
 
 SECRET = "bad-input-test-secret-key-0123456789abcdef"
 MAX_UPLOAD_BYTES = 64 * 1024
@@ -68,12 +69,14 @@ JWT_CASES = [
 ]
 CASES = [
     Case("login-malformed-json", "POST", "/login", {"data": "{", "content_type": "application/json"}, False),
-    Case("login-json-array", "POST", "/login", {"json": ["user0001", "statelab"]}, False),
+    Case("login-json-array", "POST", "/login", {"json": [username(1), SEED_PASSWORD]}, False),
     Case("login-wrong-types", "POST", "/login", {"json": {"username": 1, "password": ["x"]}}, False),
-    Case("login-missing-password", "POST", "/login", {"json": {"username": "user0001"}}, False),
-    Case("login-form-not-json", "POST", "/login", {"data": {"username": "user0001", "password": "statelab"}}, False),
+    Case("login-missing-password", "POST", "/login", {"json": {"username": username(1)}}, False),
+    Case("login-form-not-json", "POST", "/login", {"data": {"username": username(1), "password": SEED_PASSWORD}},
+         False),
     Case("login-huge-username", "POST", "/login", {"json": {"username": "u" * 10_000, "password": "x"}}, False),
-    Case("login-nul-username", "POST", "/login", {"json": {"username": "user\x000001", "password": "statelab"}}, False),
+    Case("login-nul-username", "POST", "/login", {"json": {"username": "user\x000001", "password": SEED_PASSWORD}},
+         False),
     Case("cart-malformed-json", "POST", "/cart/items", {"data": "{'product_id': 1", "content_type": "application/json"}),
     Case("cart-missing-qty", "POST", "/cart/items", {"json": {"product_id": 1}}),
     Case("cart-qty-string", "POST", "/cart/items", {"json": {"product_id": 1, "qty": "2"}}),

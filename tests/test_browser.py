@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import struct
-import sys
 import time
 import urllib.parse
 from contextlib import ExitStack
@@ -26,10 +25,8 @@ import requests
 from statelab.dashboard import Dashboard
 from statelab.procs import ManagedProcess
 from statelab.report.html import write_html
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_dashboard import FakeControl, StubLab, fake_stats  # noqa: E402
-from test_html_report import SECONDS, synthetic_journal  # noqa: E402
+from tests.support.dashboard import FakeControl, StubLab, fake_stats
+from tests.support.journals import SECONDS, synthetic_journal
 
 pytestmark = pytest.mark.browser
 

@@ -11,9 +11,10 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from conftest import login, random_key
 from statelab import services
 from statelab.config import BackingUrls
+from statelab.seed import SEED_PASSWORD
+from tests.support.apps import login, random_key
 
 STATS_KEYS = {"instance_id", "pid", "app", "sessions_in_memory", "cache_hits", "cache_misses", "db_queries",
               "db_time_ms", "local_files", "jobs_queued"}
@@ -44,7 +45,7 @@ def test_login_me_logout(client: FlaskClient, username: str) -> None:
 
 
 def test_bad_credentials_are_401(client: FlaskClient, username: str) -> None:
-    for body in ({"username": username, "password": "wrong"}, {"username": "nobody", "password": "statelab"}):
+    for body in ({"username": username, "password": "wrong"}, {"username": "nobody", "password": SEED_PASSWORD}):
         response = client.post("/login", json=body)
         assert response.status_code == 401 and "error" in response.get_json()
 
@@ -163,7 +164,7 @@ def test_gunicorn_instance_smoke(kind: str, backing: BackingUrls, run_dir: Path,
         app.wait_ready()
         with requests.Session() as http:
             assert http.get(app.url + "/readyz", timeout=5).json() == {"status": "ok"}
-            r = http.post(app.url + "/login", json={"username": username, "password": "statelab"}, timeout=5)
+            r = http.post(app.url + "/login", json={"username": username, "password": SEED_PASSWORD}, timeout=5)
             assert r.status_code == 200 and r.headers["X-Served-By"] == f"smoke-{kind}"
             assert http.get(app.url + "/me", timeout=5).json() == r.json()
             too_big = http.post(app.url + "/uploads", files={"file": ("big", b"x" * 2048)}, timeout=5)

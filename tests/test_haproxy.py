@@ -11,11 +11,12 @@ from typing import Iterator
 import pytest
 import requests
 
-from statelab.balancer.engine import make_engine
-from statelab.balancer.haproxy import HAProxyEngine, parse_stat, render_config
+from statelab.engines import make_engine
+from statelab.engines.haproxy import HAProxyEngine, parse_stat, render_config
 from statelab.balancer.policies import POLICY_NAMES
 from statelab.errors import DependencyMissing
 from statelab.procs import free_port
+from tests.support.backends import start_backend
 
 BACKENDS = [("app-1", "127.0.0.1:8001"), ("app-2", "127.0.0.1:8002")]
 
@@ -83,8 +84,6 @@ def test_every_policy_name_is_rendered() -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[tuple[HAProxyEngine, list[tuple[str, str]]]]:
-    from test_proxy import start_backend
-
     with ExitStack() as stack:
         backends = [(bid, start_backend(stack, tmp_path, bid)) for bid in ("app-1", "app-2", "app-3")]
         eng = make_engine("haproxy", health_interval_s=0.2)

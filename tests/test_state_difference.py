@@ -15,9 +15,9 @@ import pytest
 import redis
 import requests
 
-from conftest import APP_KINDS
 from statelab import services
-from statelab.config import BackingUrls
+from statelab.config import APP_KINDS, BackingUrls
+from statelab.seed import SEED_PASSWORD
 
 pytestmark = pytest.mark.live
 TIMEOUT_S = 5
@@ -54,7 +54,7 @@ def pair(request: pytest.FixtureRequest, backing: BackingUrls, run_dir: Path) ->
 
 def _login(base: str, username: str) -> requests.Session:
     http = requests.Session()
-    r = http.post(base + "/login", json={"username": username, "password": "statelab"}, timeout=TIMEOUT_S)
+    r = http.post(base + "/login", json={"username": username, "password": SEED_PASSWORD}, timeout=TIMEOUT_S)
     assert r.status_code == 200, r.text
     return http
 

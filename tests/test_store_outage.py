@@ -16,11 +16,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import app_test_config, login, make_app
 from statelab import services
 from statelab.config import BackingUrls, Secret
 from statelab.errors import ServiceFailed
 from statelab.procs import ManagedProcess
+from statelab.seed import SEED_PASSWORD
+from tests.support.apps import app_test_config, login, make_app
 
 pytestmark = pytest.mark.live
 STORE_TIMEOUT_S = 0.5
@@ -118,7 +119,7 @@ def test_redis_down_then_back(stores: Stores, app: Flask, username: str) -> None
     assert_503_naming(client, "redis", "GET", "/me")
     assert_503_naming(client, "redis", "GET", "/cart")
     assert_503_naming(client, "redis", "GET", "/products/3")
-    assert_503_naming(client, "redis", "POST", "/login", json={"username": username, "password": "statelab"})
+    assert_503_naming(client, "redis", "POST", "/login", json={"username": username, "password": SEED_PASSWORD})
     assert client.get("/healthz").status_code == 200  # alive, only not ready
 
     stores.restart_redis()
