@@ -1,4 +1,4 @@
-"""The HTTP contract: the same routes, in the same order, with the same JSON as the stateful app.
+"""The HTTP contract: the stateful app's routes, in the same order and with the same JSON, then the JWT routes.
 
 Views stay short: they check input, call the one module that owns each piece of state, and shape
 the answer. Errors are raised with abort() and rendered as JSON by errors.py.
