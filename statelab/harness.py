@@ -18,6 +18,7 @@ from statelab.errors import ScenarioError
 from statelab.events import Event
 from statelab.measure import CacheEvent, CacheEvents, Hit, RecordCollector, StatsSampler
 from statelab.scenario import CaseContext, Series
+from statelab.seed import SEED_USERS
 from statelab.topology import Lab, LabSpec
 from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
 
@@ -60,7 +61,7 @@ class Harness:
 
     # --- setup ----------------------------------------------------------------------------------
 
-    def start_lab(self, instances: int, policy: str, threads: int = 8, seed_users: int = 5000,
+    def start_lab(self, instances: int, policy: str, threads: int = 8, seed_users: int = SEED_USERS,
                   job_workers: int = 1,
                   health_interval_s: float = HEALTH_INTERVAL_S) -> Lab:
         """Start a fresh lab for this case (stores, seed, instances, balancer)."""

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence, ge
 from statelab.config import APP_KINDS
 from statelab.errors import ConfigError
 from statelab.events import Event
+from statelab.seed import SEED_USERS
 from statelab.turns import Turn
 
 Finding = Literal["reproduced", "survived"]  # what a scenario that ran found
@@ -398,7 +399,7 @@ class Profile:
     instances: int
     phase_s: float
     extra: tuple[tuple[str, float], ...] = ()
-    seed_users: int = 5000
+    seed_users: int = SEED_USERS
 
     def get(self, name: str, default: float = 0.0) -> float:
         return dict(self.extra).get(name, default)
