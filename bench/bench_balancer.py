@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 from statelab.engines.haproxy import render_config
 from statelab.procs import ManagedProcess, free_port, http_probe, tcp_probe
+from statelab.seed import SEED_PASSWORD
 
 TINY_BACKEND = r'''
 import asyncio, sys
@@ -224,7 +225,7 @@ def main() -> int:
     ap.add_argument("--backend", action="append", default=[], metavar="URL",
                     help="mode (a): balance over these app instances instead of trivial backends")
     ap.add_argument("--path", default="/", help="request path (mode (a): e.g. /healthz, or /cart with --login)")
-    ap.add_argument("--login", metavar="USER", help="mode (a): log USER in (password statelab) on the first "
+    ap.add_argument("--login", metavar="USER", help=f"mode (a): log USER in (password {SEED_PASSWORD}) on the first "
                     "backend and send its session cookie with every request (a session-backed route needs "
                     "the stateless app, whose sessions every instance can read)")
     ap.add_argument("--no-haproxy", action="store_true")
@@ -236,7 +237,7 @@ def main() -> int:
         import requests
 
         resp = requests.post(args.backend[0].rstrip("/") + "/login", json={"username": args.login,
-                             "password": "statelab"}, timeout=5)
+                             "password": SEED_PASSWORD}, timeout=5)
         resp.raise_for_status()
         EXTRA_HEADERS.append(f"Cookie: lab_session={resp.cookies['lab_session']}")
 

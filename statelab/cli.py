@@ -20,7 +20,7 @@ from statelab.balancer.policies import POLICY_NAMES
 from statelab.config import APP_KINDS, default_run_root
 from statelab.engines import ENGINE_NAMES
 from statelab.errors import LabError
-from statelab.scenario import EXIT_ERROR, EXIT_OK
+from statelab.scenario import EXIT_DEVIATED, EXIT_ERROR, EXIT_OK
 from statelab.seed import SEED_PRODUCTS, SEED_USERS
 
 POLICY_HELP = ", ".join(POLICY_NAMES[:-1]) + f" or {POLICY_NAMES[-1]}"

@@ -27,6 +27,8 @@ import pytest
 import requests
 import yaml
 
+from statelab.seed import SEED_PASSWORD, username
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "compose"
 DOCKER_COMPOSE = str(Path(sys.executable).parent / "docker-compose") \
@@ -213,7 +215,7 @@ def test_the_same_topology_natively_behind_haproxy_passes_a_smoke_journey(tmp_pa
         lab.start()
         base = lab.balancer_url
         with requests.Session() as s:
-            assert s.post(base + "/login", json={"username": "user0007", "password": "statelab"},
+            assert s.post(base + "/login", json={"username": username(7), "password": SEED_PASSWORD},
                           timeout=10).status_code == 200
             assert s.post(base + "/cart/items", json={"product_id": 3, "qty": 2}, timeout=10).status_code == 201
             carts = [s.get(base + "/cart", timeout=10).json()["items"] for _ in range(4)]
@@ -327,7 +329,7 @@ def test_the_compose_stack_serves_a_smoke_journey_and_scales(
     project, ports, timings = compose_stack
     stateful = f"http://127.0.0.1:{ports['LAB_STATEFUL_PORT']}"
     stateless = f"http://127.0.0.1:{ports['LAB_STATELESS_PORT']}"
-    login = {"username": "user0007", "password": "statelab"}
+    login = {"username": username(7), "password": SEED_PASSWORD}
 
     # The stateful app: the session lives in the memory of the replica that logged the user in.
     with requests.Session() as s:

@@ -54,9 +54,9 @@ def test_a_fixture_gets_exactly_the_findings_it_marks(fixture: Path) -> None:
 
 
 def test_every_finding_names_a_scenario_that_exists() -> None:
-    from statelab.runner import all_scenarios
+    from scenarios import REGISTRY
 
-    names = {s.name for s in all_scenarios()}
+    names = {s.name for s in REGISTRY}
     assert {r.scenario for r in RULES.values()} <= names
 
 
