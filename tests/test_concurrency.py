@@ -16,6 +16,7 @@ import requests
 
 from statelab import services
 from statelab.config import BackingUrls
+from statelab.seed import SEED_PASSWORD
 
 pytestmark = pytest.mark.live
 ADDS = 400
@@ -36,7 +37,7 @@ def start(backing: BackingUrls, tmp_path: Path) -> Iterator[Callable[..., servic
 
 def _login_cookie(url: str, username: str) -> str:
     http = requests.Session()
-    assert http.post(f"{url}/login", json={"username": username, "password": "statelab"}, timeout=5).ok
+    assert http.post(f"{url}/login", json={"username": username, "password": SEED_PASSWORD}, timeout=5).ok
     return str(http.cookies["lab_session"])
 
 

@@ -20,9 +20,10 @@ import requests
 from flask.testing import FlaskClient
 from rq.job import Job
 
-from conftest import app_test_config, login, make_app
 from statelab import services
 from statelab.config import BackingUrls
+from statelab.seed import SEED_PASSWORD
+from tests.support.apps import app_test_config, login, make_app
 
 pytestmark = pytest.mark.live
 JOB_DELAY_S = 2.0
@@ -118,7 +119,7 @@ def test_the_stateful_in_process_queue_loses_a_job_when_its_instance_dies(backin
     port = int(app.extra["port"])
     try:
         http = requests.Session()
-        assert http.post(f"{app.url}/login", json={"username": username, "password": "statelab"}, timeout=5).ok
+        assert http.post(f"{app.url}/login", json={"username": username, "password": SEED_PASSWORD}, timeout=5).ok
         key = http.post(f"{app.url}/uploads", files={"file": ("a.txt", b"a b c")}, timeout=5).json()["key"]
         job_id = http.post(f"{app.url}/uploads/{key}/process", timeout=5).json()["job_id"]
         _until(lambda: http.get(f"{app.url}/jobs/{job_id}", timeout=5).json()["effects"] == 1, 10, "the job's effect")

@@ -15,9 +15,10 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 
-from conftest import app_test_config, make_app
 from statelab import services
 from statelab.config import BackingUrls
+from statelab.seed import SEED_PASSWORD
+from tests.support.apps import app_test_config, make_app
 
 SECRET = "jwt-test-secret-key-0123456789abcdefghij"
 
@@ -44,7 +45,7 @@ def jwt_app(backing: BackingUrls, tmp_path: Path) -> Iterator[Callable[..., Flas
 
 
 def _login(client: FlaskClient, username: str) -> dict[str, Any]:
-    response = client.post("/login", json={"username": username, "password": "statelab"})
+    response = client.post("/login", json={"username": username, "password": SEED_PASSWORD})
     assert response.status_code == 200
     return response.get_json()  # type: ignore[no-any-return]
 

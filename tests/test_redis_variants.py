@@ -16,9 +16,9 @@ import redis
 import requests
 from redis.sentinel import Sentinel
 
-from conftest import app_test_config, login, make_app
 from statelab import services
 from statelab.config import BackingUrls
+from tests.support.apps import app_test_config, login, make_app
 
 pytestmark = pytest.mark.live
 WRITE_TIMEOUT_S = 0.5

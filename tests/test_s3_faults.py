@@ -18,10 +18,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from minio import Minio
 
-from conftest import app_test_config, login, make_app
 from statelab import services
 from statelab.config import BackingUrls
 from statelab.faults import FaultClient
+from tests.support.apps import app_test_config, login, make_app
 
 pytestmark = pytest.mark.live
 STORE_TIMEOUT_S = 0.5
