@@ -21,7 +21,10 @@ def error_response(status: int, message: str) -> tuple[Response, int]:
 def _http_error(exc: HTTPException) -> HTTPException | tuple[Response, int]:
     if exc.code is None or exc.code < 400:  # routing redirects are not errors
         return exc
-    return error_response(exc.code, exc.description or exc.name)
+    response, status = error_response(exc.code, exc.description or exc.name)
+    # Keep the headers the error comes with, such as the Allow of a 405 (RFC 9110); the body is ours.
+    response.headers.extend((k, v) for k, v in exc.get_headers() if k.lower() != "content-type")
+    return response, status
 
 
 def store_down(store: str, exc: Exception) -> tuple[Response, int]:

@@ -75,9 +75,18 @@ def verify_password(password: str, stored: str) -> bool:
     return scheme == "pbkdf2_sha256" and hmac.compare_digest(candidate.hex(), digest)
 
 
+def _storable(text: str) -> bool:
+    """Return whether a PostgreSQL text value can hold this string: no NUL, no lone surrogate (JSON's "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
 def find_user(db: Database, username: str, password: str) -> dict[str, Any] | None:
     """Return {"id", "username"} when the credentials are right, else None."""
-    if "\x00" in username or len(username) > MAX_USERNAME_CHARS:  # PostgreSQL text refuses NUL
+    if len(username) > MAX_USERNAME_CHARS or not _storable(username):
         return None
     row = db.fetchone("SELECT id, username, password_hash FROM users WHERE username = %s", (username,))
     if row is None or not verify_password(password, row[2]):

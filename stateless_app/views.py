@@ -28,7 +28,7 @@ def _lab() -> "Lab":
 
 
 def _json_object() -> dict[str, Any]:
-    body = request.get_json(silent=True)
+    body = request.get_json()  # 415 unless the body is declared JSON, 400 when it does not parse
     if not isinstance(body, dict):
         abort(400, "expected a JSON object body")
     return body
@@ -36,6 +36,8 @@ def _json_object() -> dict[str, Any]:
 
 def _positive_int(body: dict[str, Any], name: str, high: int = db.PG_INT_MAX) -> int:
     value = body.get(name)
+    if type(value) is float and value.is_integer():  # JSON has one number type: 2.0 is the integer 2
+        value = int(value)
     if type(value) is not int or not 1 <= value <= high:  # bool is an int subclass: refuse it too
         abort(400, f"{name} must be an integer in 1..{high}")
     return value
@@ -123,6 +125,8 @@ def add_to_cart() -> tuple[Response, int]:
 @bp.post("/uploads")
 def upload() -> tuple[Response, int]:
     user = _require_user()
+    if request.mimetype != "multipart/form-data":
+        abort(415, "expected a multipart/form-data body")
     file = request.files.get("file")
     if file is None:
         abort(400, "expected a multipart field named 'file'")

@@ -83,6 +83,14 @@ def test_cart(client: FlaskClient, username: str) -> None:
     assert client.post("/cart/items", json={"product_id": 3, "qty": 101}).status_code == 400
 
 
+def test_a_json_number_with_a_zero_fraction_is_an_integer(client: FlaskClient, username: str) -> None:
+    """JSON has one number type, and JSON Schema (so the OpenAPI description) counts 7.0 as the integer 7."""
+    login(client, username)
+    response = client.post("/cart/items", json={"product_id": 7.0, "qty": 2.0})
+    assert response.status_code == 201 and response.get_json() == {"items": [{"product_id": 7, "qty": 2}]}
+    assert client.post("/cart/items", json={"product_id": 7.5, "qty": 2}).status_code == 400
+
+
 def test_concurrent_adds_lose_nothing(client: FlaskClient, username: str) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -147,6 +155,13 @@ def test_errors_are_json(client: FlaskClient) -> None:
     for response in (client.get("/no-such-route"), client.delete("/login"), client.post("/login", data="{")):
         assert 400 <= response.status_code < 500
         assert response.is_json and set(response.get_json()) == {"error"}
+
+
+def test_a_405_names_the_methods_the_path_has(client: FlaskClient) -> None:
+    """RFC 9110: a 405 carries Allow. The JSON error handler must keep the headers the error comes with."""
+    response = client.put("/login", json={"username": "user0001", "password": "statelab"})
+    assert response.status_code == 405 and response.is_json
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == {"POST", "OPTIONS"}
 
 
 def _file(data: bytes) -> Any:
