@@ -67,6 +67,8 @@ class Tokens:
                                                 options={"require": REQUIRED_CLAIMS})
         except jwt.InvalidTokenError as exc:
             raise TokenError(f"invalid token: {exc}") from None
+        except UnicodeEncodeError:  # a lone surrogate, as JSON's "\ud800" decodes to: not a token
+            raise TokenError("invalid token: not UTF-8") from None
         if claims["typ"] != kind:
             raise TokenError(f"invalid token: expected an {kind} token")
         if not str(claims["sub"]).isdigit() or not isinstance(claims.get("username"), str) \

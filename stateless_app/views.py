@@ -214,10 +214,11 @@ def refresh_token() -> Response:
 @bp.post("/token/revoke")
 def revoke_token() -> Response:
     tokens = _require_tokens()
-    body = request.get_json(silent=True)
-    token = body.get("token") if isinstance(body, dict) else None
-    token = token if token is not None else _bearer()
+    body = _json_object() if request.get_data(cache=True) else {}  # a body, if any, is a JSON object
+    token = body["token"] if "token" in body else _bearer()
+    if token is None:
+        abort(401, "no token: give it as {\"token\": ...} or as the bearer")
     if not isinstance(token, str) or not token:
-        abort(400, "give the token as {\"token\": ...} or as the bearer")
+        abort(400, "token must be a non-empty string")
     tokens.revoke(token)
     return Response(status=204)

@@ -73,6 +73,19 @@ JWT_CASES = [
     Case("jwt-bad-subject", "GET", "/me", _bearer(jwt.encode(_claims(sub="root"), SECRET))),
     Case("jwt-no-username", "GET", "/me", _bearer(jwt.encode({**_claims(), "username": None}, SECRET))),
 ]
+# The stateless app (in jwt mode here) answers each with `status`; the stateful app has no token routes: 404.
+TOKEN_ROUTE_CASES = [
+    Case("refresh-lone-surrogate", "POST", "/token/refresh", _raw_json('{"refresh_token": "\\ud800"}'), False, 401),
+    Case("refresh-empty", "POST", "/token/refresh", {"json": {"refresh_token": ""}}, False, 400),
+    Case("refresh-form-not-json", "POST", "/token/refresh", {"data": {"refresh_token": "x"}}, False, 415),
+    Case("revoke-no-token-at-all", "POST", "/token/revoke", {}, False, 401),
+    Case("revoke-empty-object", "POST", "/token/revoke", {"json": {}}, False, 401),
+    Case("revoke-token-null", "POST", "/token/revoke", {"json": {"token": None}}, False, 401),
+    Case("revoke-token-number", "POST", "/token/revoke", {"json": {"token": 5}}, False, 400),
+    Case("revoke-body-array", "POST", "/token/revoke", {"json": ["x"]}, False, 400),
+    Case("revoke-form-not-json", "POST", "/token/revoke", {"data": {"token": "x"}}, False, 415),
+    Case("revoke-lone-surrogate", "POST", "/token/revoke", _raw_json('{"token": "\\ud800"}'), False, 401),
+]
 CASES = [
     Case("login-malformed-json", "POST", "/login", {"data": "{", "content_type": "application/json"}, False),
     Case("login-json-array", "POST", "/login", {"json": [username(1), SEED_PASSWORD]}, False),
@@ -120,6 +133,7 @@ CASES = [
     Case("method-not-allowed-with-body", "DELETE", "/login", {"json": {"username": "user0001"}}, status=405),
     Case("route-unknown", "GET", "/admin"),
     *JWT_CASES,
+    *TOKEN_ROUTE_CASES,
 ]
 HOSTILE_NAMES = ["../../etc/passwd", "/etc/passwd", "a\x00b.txt", "x" * 10_000, "..", "", "C:\\Windows\\win.ini",
                  "..\\..\\boot.ini", "ü\u202e.txt"]
@@ -160,6 +174,8 @@ def test_bad_input_is_a_json_4xx(kind: str, case: Case, apps: dict[str, Flask], 
     assert response.is_json and isinstance(response.get_json().get("error"), str), response.data[:300]
     if case.name.startswith("jwt-"):
         assert response.status_code == 401
+    elif case in TOKEN_ROUTE_CASES and kind == "stateful":
+        assert response.status_code == 404
     elif case.status is not None:
         assert response.status_code == case.status, response.get_json()
     if response.status_code == 405:
