@@ -7,6 +7,7 @@ the answer. Errors are raised with abort() and rendered as JSON by errors.py.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, abort, current_app, jsonify, request
@@ -164,3 +165,9 @@ def stats() -> Response:
                    cache_misses=lab.cache.misses, db_queries=lab.db.queries,
                    db_time_ms=round(lab.db.time_ms, 3), local_files=lab.uploads.count(),
                    jobs_queued=lab.jobs.queued)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    # The contract as OpenAPI 3.1, kept next to this module as package data (tests/test_openapi.py checks it).
+    return Response(resources.files(__package__).joinpath("openapi.json").read_bytes(), mimetype="application/json")
