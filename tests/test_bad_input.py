@@ -47,7 +47,7 @@ def _b64(data: dict[str, Any]) -> str:
 
 def _claims(**overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    return {"sub": "1", "username": "user0001", "typ": "access", "jti": "0" * 32, "iat": now, "nbf": now,
+    return {"sub": "1", "username": username(1), "typ": "access", "jti": "0" * 32, "iat": now, "nbf": now,
             "exp": now + 300, **overrides}
 
 
@@ -130,7 +130,7 @@ CASES = [
     Case("job-unknown", "GET", "/jobs/" + "c" * 32),
     Case("job-traversal", "GET", "/jobs/..%2F..%2Fetc%2Fpasswd"),
     Case("method-not-allowed", "PUT", "/cart", status=405),
-    Case("method-not-allowed-with-body", "DELETE", "/login", {"json": {"username": "user0001"}}, status=405),
+    Case("method-not-allowed-with-body", "DELETE", "/login", {"json": {"username": username(1)}}, status=405),
     Case("route-unknown", "GET", "/admin"),
     *JWT_CASES,
     *TOKEN_ROUTE_CASES,

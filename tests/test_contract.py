@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 
 from statelab import services
 from statelab.config import BackingUrls
-from statelab.seed import SEED_PASSWORD
+from statelab.seed import SEED_PASSWORD, username
 from tests.support.apps import login, random_key
 
 STATS_KEYS = {"instance_id", "pid", "app", "sessions_in_memory", "cache_hits", "cache_misses", "db_queries",
@@ -159,7 +159,7 @@ def test_errors_are_json(client: FlaskClient) -> None:
 
 def test_a_405_names_the_methods_the_path_has(client: FlaskClient) -> None:
     """RFC 9110: a 405 carries Allow. The JSON error handler must keep the headers the error comes with."""
-    response = client.put("/login", json={"username": "user0001", "password": "statelab"})
+    response = client.put("/login", json={"username": username(1), "password": SEED_PASSWORD})
     assert response.status_code == 405 and response.is_json
     assert {m.strip() for m in response.headers["Allow"].split(",")} == {"POST", "OPTIONS"}
 
