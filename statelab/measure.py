@@ -23,11 +23,13 @@ import requests
 
 from statelab.engines import Record, RecordSource
 from statelab.scenario import InstanceFigures, Latency, Series, percentile
+from statelab.users.measures import timeline_step_s
 
 log = logging.getLogger(__name__)
 
 RECORD_POLL_S = 0.25
 STATS_POLL_S = 0.5
+MIN_RATE_INTERVAL_S = 0.8 * STATS_POLL_S  # a rate over a shorter span is noise (see counter_rates)
 STATS_TIMEOUT_S = 1.0
 CACHE_KEY_PREFIX = "product:"  # the stateless app's product cache (stateless_app/cache.py)
 STATS_FIELDS = ("sessions_in_memory", "cache_hits", "cache_misses", "db_queries", "db_time_ms", "local_files",
@@ -268,30 +270,44 @@ def imbalance(counts: Sequence[float]) -> float:
 
 
 def per_second(hits: Sequence[Hit], t0: float, name: str = "requests",
-               pick: Callable[[Hit], bool] = lambda h: True) -> Series:
-    """Count hits matching pick per second since t0."""
+               pick: Callable[[Hit], bool] = lambda h: True, step_s: float | None = None) -> Series:
+    """Return the rate (per second) of hits matching pick since t0, one point per time bucket.
+
+    Buckets are 0.25 s wide for a short run and 1 s otherwise (`timeline_step_s`, as the crowd's
+    timeline), unless step_s says; every series drawn from the same hits shares one grid.
+    """
+    times = [h.t - t0 for h in hits if h.t >= t0]
+    if not times:
+        return Series(name, "req/s", ())
+    step = step_s or timeline_step_s(max(times))
     counts: dict[int, int] = {}
     for h in hits:
-        if pick(h):
-            s = int(h.t - t0)
-            counts[s] = counts.get(s, 0) + 1
+        if h.t >= t0 and pick(h):
+            i = int((h.t - t0) / step)
+            counts[i] = counts.get(i, 0) + 1
     if not counts:
         return Series(name, "req/s", ())
-    last = max(counts)
-    return Series(name, "req/s", tuple((float(s), float(counts.get(s, 0))) for s in range(0, last + 1)))
+    last = int(max(times) / step)
+    return Series(name, "req/s", tuple((round(i * step, 3), counts.get(i, 0) / step) for i in range(0, last + 1)))
 
 
-def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float, min_interval_s: float = 0.0) -> Series:
+def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float,
+                  min_interval_s: float = MIN_RATE_INTERVAL_S) -> Series:
     """Return the summed per-second rate of a counter across instances, one point per sampling tick.
 
     A counter that goes down means the instance restarted (or is new): its new value counts as the
     increase since the previous tick. Ticks closer than min_interval_s to the last point are merged
-    into the next one (a rate over a few milliseconds is noise, not a peak).
+    into the next one; a merged tick at the very end widens the last point instead.
+
+    Why a minimum by default: a scenario also samples at its phase edges, which can land a few
+    milliseconds after the sampler's own tick; a rate over 10 ms is 0 or a spike (the cold-cache
+    chart's dips to 0), not what the database saw.
     """
     ticks = sorted({s.t for s in samples})
     last: dict[str, float] = {}
-    points = []
+    points: list[tuple[float, float]] = []
     prev_t: float | None = None
+    last_span: tuple[float, float] | None = None  # (start, increase) of the last point drawn
     by_tick: dict[float, list[StatsSample]] = {}
     for s in samples:
         by_tick.setdefault(s.t, []).append(s)
@@ -309,8 +325,12 @@ def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float, mi
             continue
         if prev_t is not None:
             points.append((round(t - t0, 3), round(increase / (t - prev_t), 3)))
+            last_span = (prev_t, increase)
         increase = 0.0
         prev_t = t
+    if points and last_span is not None and prev_t is not None and ticks[-1] > prev_t:
+        start, before_increase = last_span
+        points[-1] = (round(ticks[-1] - t0, 3), round((before_increase + increase) / (ticks[-1] - start), 3))
     return Series(f"{field_name}/s", "1/s", tuple(points))
 
 

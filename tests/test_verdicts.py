@@ -257,8 +257,18 @@ def test_counter_rates_merge_ticks_closer_than_the_minimum_interval() -> None:
     samples = [s(0.0, "a", (("db_queries", 0.0),)), s(0.5, "a", (("db_queries", 10.0),)),
                s(0.52, "a", (("db_queries", 12.0),)),  # a phase-edge sample 20 ms after a tick
                s(1.0, "a", (("db_queries", 22.0),))]
-    assert measure.counter_rates(samples, "db_queries", 0.0).points[1] == (0.52, 100.0)
+    assert measure.counter_rates(samples, "db_queries", 0.0, min_interval_s=0).points[1] == (0.52, 100.0)
     assert measure.counter_rates(samples, "db_queries", 0.0, min_interval_s=0.4).points == ((0.5, 20.0), (1.0, 24.0))
+
+
+def test_counter_rates_by_default_neither_dip_nor_spike_at_phase_edges() -> None:
+    """The cold-cache chart's dips to 0: phase-edge samples 10 ms after the sampler's ticks, at a steady 100 q/s."""
+    s = measure.StatsSample
+    ticks = [0.0, 0.5, 1.0, 1.01, 1.5, 2.0, 2.01]  # the last one: a phase edge right at the end
+    samples = [s(t, "a", (("db_queries", 100.0 * t),)) for t in ticks]
+    rates = measure.counter_rates(samples, "db_queries", 0.0)
+    assert [t for t, _ in rates.points] == [0.5, 1.0, 1.5, 2.01]
+    assert all(v == pytest.approx(100.0) for _, v in rates.points)
 
 
 def test_refill_loads_count_sets_between_expiries_and_skip_the_cold_fill() -> None:
