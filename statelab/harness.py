@@ -213,9 +213,9 @@ class Harness:
 
 
 def crowd_series(result: CrowdResult, offset_s: float = 0.0) -> tuple[Series, ...]:
-    """Return the crowd's per-second timeline as chart series."""
+    """Return the crowd's timeline as chart series of per-second rates (one point per bucket)."""
     def pick(name: str, unit: str, get: Callable[[object], int]) -> Series:
-        return Series(name, unit, tuple((b.second + offset_s, float(get(b))) for b in result.timeline))
+        return Series(name, unit, tuple((round(b.t + offset_s, 3), get(b) / b.width_s) for b in result.timeline))
 
     return (pick("requests", "req/s", lambda b: b.requests),  # type: ignore[attr-defined]
             pick("errors", "1/s", lambda b: b.errors),  # type: ignore[attr-defined]

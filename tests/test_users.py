@@ -24,6 +24,8 @@ from statelab.users import (
     CrowdHandle, CrowdResult, LatencyHistogram, Population, VirtualUser, run_crowd_sync,
     user_address,
 )
+from statelab.users.measures import FINE_STEP_S, SHORT_RUN_S, _Recorder, timeline_step_s
+from statelab.users.result import _timeline
 
 
 class FakeApp(ThreadingHTTPServer):
@@ -218,7 +220,9 @@ def assert_timeline_sums(result: CrowdResult) -> None:
     assert sum(b.errors for b in result.timeline) == result.error_total
     assert sum(b.logouts for b in result.timeline) == result.logout_events
     assert sum(b.items_lost for b in result.timeline) == result.items_lost
-    assert [b.second for b in result.timeline] == list(range(len(result.timeline)))
+    step = result.timeline[0].width_s if result.timeline else 1.0
+    assert step == timeline_step_s(result.wall_s)
+    assert [b.t for b in result.timeline] == [round(i * step, 3) for i in range(len(result.timeline))]
 
 
 # ---------------------------------------------------------------- pure
@@ -249,6 +253,30 @@ def test_latency_histogram_percentiles_within_two_percent() -> None:
     assert summary.p99_ms == pytest.approx(990, rel=0.02)
     assert summary.max_ms == 1000.0
     assert summary.mean_ms == pytest.approx(500.5)
+
+
+def test_short_runs_are_charted_every_quarter_second_long_ones_per_second() -> None:
+    """A 6 s quick run used to chart as 6 points; it gets 24 now, and a long run keeps 1 s buckets."""
+    rec = _Recorder(t0=100.0)
+    for i in range(24):  # one request every 0.25 s for 6 s, an error in the second quarter of second 2
+        rec.response(100.0 + i * 0.25 + 0.01, 0.001, "app-1", "5xx" if i == 9 else None)
+    short = _timeline(rec.timeline, timeline_step_s(6.0))
+    assert len(short) == 24 and {b.width_s for b in short} == {FINE_STEP_S}
+    assert [b.errors for b in short].index(1) == 9 and short[9].t == 2.25
+    long = _timeline(rec.timeline, timeline_step_s(SHORT_RUN_S + 1))
+    assert [(b.t, b.width_s, b.requests) for b in long] == [(float(s), 1.0, 4) for s in range(6)]
+    assert sum(b.errors for b in long) == 1 and long[2].errors == 1
+
+
+def test_balancer_rates_share_one_fine_grid_for_short_runs() -> None:
+    from statelab import measure
+
+    hits = [measure.Hit(10.0 + i * 0.1, "app-1" if i % 2 else "app-2", 200, 1.0) for i in range(40)]  # 4 s
+    one = measure.per_second(hits, 10.0, "requests on app-1", pick=lambda h: h.backend == "app-1")
+    two = measure.per_second(hits, 10.0, "requests on app-2", pick=lambda h: h.backend == "app-2")
+    assert [t for t, _ in one.points] == [t for t, _ in two.points] == [i * 0.25 for i in range(16)]
+    assert sum(v for _, v in one.points) * 0.25 == 20  # rates times the bucket width give the counts back
+    assert measure.per_second(hits, 10.0, step_s=1.0).points[0] == (0.0, 10.0)
 
 
 # ---------------------------------------------------------------- against the fake app

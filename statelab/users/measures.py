@@ -11,9 +11,18 @@ import time
 from dataclasses import dataclass
 
 ERROR_KINDS = ("connect", "timeout", "5xx", "4xx", "protocol")
+# The timeline is counted in fine buckets; a short run keeps them (a 6 s quick run would otherwise
+# chart as 6 points), a long one is summed to whole seconds.
+FINE_STEP_S = 0.25
+SHORT_RUN_S = 30.0
 # Latency and timeline clock. Not loop.time(): uvloop's is millisecond-grained and cached per
 # loop iteration, which reads sub-millisecond loopback requests as 0 ms.
 _clock = time.perf_counter
+
+
+def timeline_step_s(span_s: float) -> float:
+    """Return the width of a chart's time buckets for a run lasting span_s: fine when short, 1 s otherwise."""
+    return FINE_STEP_S if span_s <= SHORT_RUN_S else 1.0
 
 
 @dataclass(frozen=True)
@@ -103,16 +112,16 @@ class _Recorder:
         self.loop_lag = LatencyHistogram()
         self.latency_by_instance: dict[str, LatencyHistogram] = {}
         self.served_by: dict[str, int] = {}
-        self.timeline: list[list[int]] = []  # [requests, errors, logouts, items_lost]
+        self.timeline: list[list[int]] = []  # per FINE_STEP_S bucket: [requests, errors, logouts, items_lost]
         # Off once the crowd is stopping: thousands of closing cart checks land at the same
         # instant and would make the tail latency of the load look worse than it was.
         self.timing = True
 
     def _bucket(self, now: float) -> list[int]:
-        second = max(0, int(now - self.t0))
-        while len(self.timeline) <= second:
+        index = max(0, int((now - self.t0) / FINE_STEP_S))
+        while len(self.timeline) <= index:
             self.timeline.append([0, 0, 0, 0])
-        return self.timeline[second]
+        return self.timeline[index]
 
     def response(self, now: float, latency_s: float, instance: str, error_kind: str | None) -> None:
         self.requests += 1

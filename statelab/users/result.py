@@ -8,16 +8,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from statelab.users.measures import LatencySummary, _Recorder
+from statelab.users.measures import FINE_STEP_S, LatencySummary, _Recorder, timeline_step_s
 from statelab.users.population import Population
 from statelab.users.virtual_user import VirtualUser
 
 
 @dataclass(frozen=True)
 class TimelineBucket:
-    """One second of the run, counted from its start: what the chart plots."""
+    """What happened from t to t + width_s seconds after the run's start: what the chart plots.
 
-    second: int
+    Counts, not rates: divide by width_s for per-second values. A short run has 0.25 s buckets,
+    a long one whole seconds (`timeline_step_s`).
+    """
+
+    t: float
+    width_s: float
     requests: int
     errors: int
     logouts: int
@@ -112,8 +117,18 @@ def _build_result(base_url: str, journey_name: str, seed: int, population: Popul
         latency=rec.latency.summary(), loop_lag=rec.loop_lag.summary(),
         latency_by_instance={k: h.summary() for k, h in sorted(rec.latency_by_instance.items())},
         served_by=dict(sorted(rec.served_by.items())),
-        timeline=tuple(TimelineBucket(i, *b) for i, b in enumerate(rec.timeline)),
+        timeline=_timeline(rec.timeline, timeline_step_s(wall_s)),
         cpu_share=round(cpu_s / wall, 4), loop_cpu_share=round(thread_cpu_s / wall, 4),
         user_summaries=tuple(UserSummary(u.spec.index, u.spec.username, u.spec.address,
                                          u.spec.behind_nat, dict(vars(u.stats))) for u in users),
         **sums)
+
+
+def _timeline(fine: list[list[int]], step_s: float) -> tuple[TimelineBucket, ...]:
+    """Sum the recorder's fine buckets into buckets of step_s (a multiple of FINE_STEP_S)."""
+    per = max(1, round(step_s / FINE_STEP_S))
+    out = []
+    for start in range(0, len(fine), per):
+        sums = [sum(col) for col in zip(*fine[start:start + per])]
+        out.append(TimelineBucket(round(start * FINE_STEP_S, 3), per * FINE_STEP_S, *sums))
+    return tuple(out)
