@@ -182,7 +182,7 @@ class ColdCacheAutoscale:
         series = (Series("DB queries/s", "q/s", qps.points),) + crowd_series(result) + \
             crowd_series(spike_result, offset_s=e.spike)
         figures += self._peak_figures(h, e)
-        if h.cache is not None:
+        if h.cache is not None and _cache_ttl_s(h.app) < DEFAULT_TTL_S:  # else no key expires: nothing to count
             figures += self._refill_figures(h, e)
         return Measurements(figures, base_lat, h.events(), series, measure.shares(hits, old + new),
                             (_ttl_note(h.app),) + error_notes(result, spike_result))
