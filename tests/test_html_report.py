@@ -1,4 +1,4 @@
-"""The HTML report: self-contained, one SVG per chart drawn from the journal's own numbers, text escaped."""
+"""The HTML report: the answer first, then one SVG per chart drawn from the journal's own numbers, text escaped."""
 
 from __future__ import annotations
 
@@ -7,12 +7,18 @@ from pathlib import Path
 from typing import Any
 
 from statelab.report import svg
-from statelab.report.html import loss_keys, read_journal, render_html, series_key, write_html
+from statelab.report.first_screen import key_chart_kind
+from statelab.report.html import loss_keys, price_text, read_journal, render_html, series_key, unmeasured, write_html
 from tests.support.journals import SECONDS, synthetic_journal
 
 
 def _svgs(html: str) -> list[str]:
     return re.findall(r"<svg\b.*?</svg>", html, flags=re.S)
+
+
+def _details(html: str) -> str:
+    """Return the folded part of the report (everything after the first screen)."""
+    return html[html.index("<details>"):]
 
 
 def test_report_is_self_contained_and_escaped(tmp_path: Path) -> None:
@@ -31,7 +37,7 @@ def _kind(svgs: list[str], cls: str) -> list[str]:
 
 
 def test_one_svg_per_chart_with_the_journals_series() -> None:
-    svgs = _svgs(render_html(synthetic_journal()))
+    svgs = _svgs(_details(render_html(synthetic_journal())))
     assert len(svgs) == 10  # traffic, loss, per-instance, shares, latency for each app
     traffic = _kind(svgs, "traffic")
     assert "stateful: traffic" in traffic[0]  # stateful column first, whatever the journal order
@@ -48,7 +54,7 @@ def test_one_svg_per_chart_with_the_journals_series() -> None:
 
 
 def test_bars_per_instance_and_percentile_and_events_drawn() -> None:
-    svgs = _svgs(render_html(synthetic_journal()))
+    svgs = _svgs(_details(render_html(synthetic_journal())))
     shares = _kind(svgs, "shares")
     assert len(shares) == 2
     bars = re.findall(r'<rect class="bar" data-label="([^"]+)" data-value="([^"]+)"', shares[0])
@@ -69,13 +75,39 @@ def test_verdict_table_checks_and_price() -> None:
     assert table is not None
     assert table.group(0).index(">stateful<") < table.group(0).index(">stateless<")
     assert "✗ disaster reproduced" in table.group(0) and "✓ survived" in table.group(0)
-    assert "check: logged_out &lt;= 0" in table.group(0) and "✗ broken (120)" in table.group(0)
-    assert "<td class=\"num\">—</td>" in table.group(0)  # a figure that was not measured
-    assert "+0.8 ms at p50, +3.1 ms at p99" in html
+    assert "check: users_logged_out &lt;= 0" in table.group(0) and "✗ broken (60)" in table.group(0)
+    assert '<td class="num">1,235 ms</td>' in table.group(0)
+    # the stateless side is 0.8 ms slower at p50 over 3,000 requests each: a price, not noise; p99 is noise
+    assert "p50 +0.8 ms (± 0.4 ms), p99 within noise: +3.1 ms (± 21.7 ms)" in html
+
+
+def test_numbers_are_right_aligned_whatever_the_cell_rule() -> None:
+    """The old rule `td.num` lost to `table.verdict td` (higher specificity): numbers ended up left-aligned."""
+    html = render_html(synthetic_journal())
+    assert "table.verdict td.num{text-align:right" in html
+    assert html.index("table.verdict th,table.verdict td{") < html.index("table.verdict td.num{")
+
+
+def test_figures_no_column_measured_are_left_out_and_named_once() -> None:
+    html = render_html(synthetic_journal())
+    views = read_journal(synthetic_journal())
+    assert unmeasured(views[0]) == ["not measured"]
+    assert "<th>not measured</th>" not in html
+    assert html.count("Not measured with this profile (left out above): not measured.") == 1
+
+
+def test_a_negative_price_within_the_runs_noise_says_so() -> None:
+    """The -78.9 ms "price" of a saturated NAT run: the p99s of two busy cases differ by less than their spread."""
+    journal = synthetic_journal()
+    for r, (p50, p99) in zip(journal["results"], ((290.0, 1371.1), (312.0, 1450.0))):  # stateless, stateful
+        r["latency"] = {"p50_ms": p50, "p99_ms": p99, "requests": 900, "window": "whole run"}
+    text = price_text(read_journal(journal)[0])
+    assert text.startswith("p50 within noise: −22.0 ms (± ") and "p99 within noise: −78.9 ms (± " in text
+    assert "price of statelessness" in render_html(journal)
 
 
 def test_shared_axes_across_apps() -> None:
-    svgs = _svgs(render_html(synthetic_journal()))
+    svgs = _svgs(_details(render_html(synthetic_journal())))
     for cls in ("traffic", "loss", "shares"):
         a, b = _kind(svgs, cls)
         tick = r'text-anchor="end"[^>]*>([^<]+)</text>'
@@ -121,3 +153,35 @@ def test_nice_ticks() -> None:
     assert svg.nice_ticks(97) == [0, 20, 40, 60, 80, 100]
     assert svg.nice_ticks(0) == [0.0, 1.0]
     assert svg.nice_ticks(0.3)[-1] >= 0.3
+
+
+def test_two_crowds_with_quarter_second_points_are_added_on_that_grid() -> None:
+    views = read_journal({"results": [{"scenario": "s", "app": "stateful", "series": [
+        {"name": "requests", "points": [[0, 8], [0.25, 8], [0.5, 8]]},
+        {"name": "requests", "points": [[0.3, 4], [0.55, 4]]}]}]})
+    assert views[0].runs[0].series["requests"] == ((0.0, 8.0), (0.25, 12.0), (0.5, 12.0))
+
+
+def test_first_screen_leads_with_a_sentence_badges_and_a_key_chart_per_scenario() -> None:
+    html = render_html(synthetic_journal())
+    summary = html[html.index('<main id="summary"'):html.index("</main>")]
+    assert html.index("</main>") < html.index("<details>")  # tables and other charts come after, folded
+    text = re.sub(r"<[^>]+>", "", summary).replace("\u00a0", " ")
+    assert ("stateful ✗ reproduced 60 of 60 users logged out and 360 cart items lost during a 2.2 s deploy; "
+            "stateless ✓ survived nobody logged out, no cart item lost (3.4 s deploy)") in text
+    key = _svgs(summary)
+    assert len(key) == 1 and 'class="chart line-chart key logouts"' in key[0]
+    assert re.findall(r'data-series="([^"]+)"', key[0]) == ["stateful", "stateless"]  # the apps, overlaid
+    assert "<script" not in summary.lower()
+
+
+def test_key_chart_falls_back_for_a_scenario_it_does_not_know() -> None:
+    journal = {"results": [
+        {"scenario": "redis-outage", "app": "stateless", "expected": "survived", "outcome": "reproduced",
+         "figures": [{"name": "failed_requests", "label": "failed requests", "value": 12, "unit": "req"}],
+         "checks": [{"tolerance": {"figure": "failed_requests", "op": "<=", "limit": 0}, "value": 12,
+                     "held": False}]}]}
+    kind = key_chart_kind(read_journal(journal)[0])
+    assert not isinstance(kind, str) and kind.title == "failed requests"  # bars of the main figure
+    html = render_html(journal)
+    assert "failed requests 12, beyond its limit (&lt;= 0)" in html and "— DEVIATED" in html

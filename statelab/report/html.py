@@ -1,4 +1,8 @@
-"""The self-contained HTML report of a run: per scenario, every app side by side on shared axes.
+"""The self-contained HTML report of a run: the answer first, then every app side by side on shared axes.
+
+The first screen (1280x720, a projector) answers the question: per scenario one sentence in users'
+words built from the measured figures (`statelab.report.story`), the outcome badges and one key
+chart with the apps overlaid. Each scenario's tables and other charts follow, folded (`<details>`).
 
 It reads the run's JSON journal as plain dicts (`RunReport.to_json()`; an object with `to_json()`
 is accepted too), so it depends on the journal's form, not on the scenario classes. Every chart is
@@ -8,7 +12,7 @@ opens offline and projects well.
 Keys read, all optional (a missing one leaves its part out or says "no data recorded"):
 
     journal: "results" (list), "prices" (list), "inputs" {"quick", "seed", "users", "lb"},
-        "started_at", "wall_s", "title".
+        "started_at", "wall_s", "title", "exit_code".
     result: "scenario", "app", "variant", "outcome" ("reproduced" | "survived" | "error"),
         "expected", "matched", "explanation", "notes" [str], "title", "summary",
         "figures" [{"name", "label", "value", "unit"}],
@@ -17,8 +21,9 @@ Keys read, all optional (a missing one leaves its part out or says "no data reco
         "series" [{"name", "unit", "points": [[t, value], ...]}] with names "requests", "errors",
             "logouts", "items lost", "uploads missing", "db_queries/s", "requests on <instance>",
         "instances" [{"instance", "requests", "share"}],
-        "latency" {"p50_ms", "p95_ms", "p99_ms", "window"}.
-    price: "scenario", "window", "extra_p50_ms", "extra_p99_ms".
+        "latency" {"p50_ms", "p95_ms", "p99_ms", "requests", "window"}.
+    price: "scenario", "window", "stateful_p50_ms", "stateless_p50_ms", "stateful_p99_ms",
+        "stateless_p99_ms", "extra_p50_ms", "extra_p99_ms".
 
 A scenario's title and summary come from the result if present, else from the scenario registry
 (`scenarios.REGISTRY`), else the name.
@@ -26,176 +31,22 @@ A scenario's title and summary come from the result if present, else from the sc
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from html import escape
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from statelab.report import svg
+from statelab.report import noise, svg
+from statelab.report.first_screen import card
+from statelab.report.view import (PER_INSTANCE_PREFIX, SERIES_LABELS, AppRun, ScenarioView, as_map, as_num, loss_keys,
+                                  read_journal, series_key)
 
-LOSS_SERIES = ("logouts", "items_lost", "uploads_missing")
-SERIES_LABELS = {
-    "requests": "requests/s",
-    "errors": "errors/s",
-    "logouts": "users logged out/s",
-    "items_lost": "cart items lost/s",
-    "uploads_missing": "uploads missing/s",
-    "db_queries": "database queries/s",
-}
 LOSS_STYLE = {"logouts": (svg.PURPLE, ""), "items_lost": (svg.ORANGE, "10 6"),
               "uploads_missing": (svg.GREEN, "3 5"), "db_queries": (svg.BLACK, "")}
 INSTANCE_STYLES = [(c, d) for d in svg.DASHES for c in (svg.BLUE, svg.VERMILLION, svg.GREEN, svg.PURPLE, svg.ORANGE)]
-PER_INSTANCE_PREFIX = "requests on "
 OUTCOME_TEXT = {"reproduced": "✗ disaster reproduced", "survived": "✓ survived", "error": "⚠ scenario error"}
-APP_ORDER = {"stateful": 0, "stateless": 1}
-Points = tuple[tuple[float, float], ...]
-
-
-@dataclass(frozen=True)
-class AppRun:
-    """One scenario x app result, read from the journal."""
-
-    label: str
-    app: str
-    outcome: str
-    expected: str
-    explanation: str
-    notes: tuple[str, ...]
-    figures: tuple[tuple[str, float | None, str], ...]  # (label, value, unit)
-    checks: tuple[tuple[str, float | None, bool], ...]  # ("figure op limit", value, held)
-    events: tuple[tuple[float, str], ...]  # (t, label)
-    series: Mapping[str, Points]  # by normalised name
-    shares: tuple[tuple[str, float], ...]  # (instance, requests)
-    latency: tuple[tuple[str, float], ...]  # (percentile, ms)
-    latency_window: str = ""
-
-    @property
-    def last_t(self) -> float:
-        return max([1.0, *(t for pts in self.series.values() for t, _ in pts),
-                    *(t for t, _ in self.events if t >= 0)])
-
-
-@dataclass(frozen=True)
-class ScenarioView:
-    name: str
-    title: str
-    summary: str
-    runs: tuple[AppRun, ...]
-    price: Mapping[str, Any]
-
-
-# --- reading the journal ----------------------------------------------------------------------
-
-def _num(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def series_key(name: str) -> str:
-    """Normalise a series name: 'items lost' -> 'items_lost', 'db_queries/s' -> 'db_queries'."""
-    key = name.strip().lower().removesuffix("/s").removesuffix("_per_s")
-    return key if key.startswith(PER_INSTANCE_PREFIX) else key.replace(" ", "_")
-
-
-def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list[Mapping[str, Any]]:
-    return [v for v in value if isinstance(v, Mapping)] if isinstance(value, (list, tuple)) else []
-
-
-def _read_run(r: Mapping[str, Any]) -> AppRun:
-    series: dict[str, Points] = {}
-    for s in _list(r.get("series")):
-        pts = []
-        for p in s.get("points") or ():
-            if isinstance(p, (list, tuple)) and len(p) == 2:
-                t, v = _num(p[0]), _num(p[1])
-                if t is not None and v is not None:
-                    pts.append((t, v))
-        key = series_key(str(s.get("name", "?")))
-        series[key] = _merge(series[key], tuple(pts)) if key in series else tuple(pts)
-    events = []
-    for ev in _list(r.get("events")):
-        t = _num(ev.get("t"))
-        if t is not None:
-            if ev.get("kind") == "phase":  # the scenario's own phase marks: name the phase
-                label = f"▶ {ev.get('target', '')}"
-            else:
-                label = " ".join(str(ev[k]) for k in ("target", "kind") if ev.get(k))
-            events.append((t, label + (f" ({ev['detail']})" if ev.get("detail") else "")))
-    figures = tuple((str(f.get("label") or f.get("name")), _num(f.get("value")), str(f.get("unit") or ""))
-                    for f in _list(r.get("figures")))
-    checks = []
-    for c in _list(r.get("checks")):
-        tol = _map(c.get("tolerance"))
-        limit = _num(tol.get("limit"))
-        text = f"{tol.get('figure', '?')} {tol.get('op', '?')} {svg.fmt(limit) if limit is not None else '?'}"
-        checks.append((text, _num(c.get("value")), bool(c.get("held"))))
-    shares = tuple((str(i.get("instance", "?")), _num(i.get("requests")) or 0.0) for i in _list(r.get("instances")))
-    lat = _map(r.get("latency"))
-    latency = tuple((p, v) for p in ("p50", "p90", "p95", "p99", "max")
-                    if (v := _num(lat.get(f"{p}_ms", lat.get(p)))) is not None)
-    app, variant = str(r.get("app") or "?"), str(r.get("variant") or "")
-    return AppRun(
-        label=f"{app} ({variant})" if variant else app, app=app, outcome=str(r.get("outcome") or ""),
-        expected=str(r.get("expected") or ""), explanation=str(r.get("explanation") or ""),
-        notes=tuple(str(n) for n in r.get("notes") or () if n), figures=figures, checks=tuple(checks),
-        events=tuple(events), series=series, shares=shares, latency=latency,
-        latency_window=str(lat.get("window") or ""))
-
-
-def _merge(a: Points, b: Points) -> Points:
-    """Add two per-second series that share a name (two crowds running at once) second by second."""
-    sums: dict[float, float] = {}
-    for t, v in (*a, *b):
-        sums[float(math.floor(t))] = sums.get(float(math.floor(t)), 0.0) + v
-    return tuple(sorted(sums.items()))
-
-
-def _scenario_meta(name: str) -> tuple[str, str]:
-    """Return (title, summary) from the scenario registry, if it knows the scenario; else the name."""
-    try:
-        from scenarios import REGISTRY  # here: the renderer reads journals, the registry is only for titles
-
-        sc = REGISTRY.get(name)
-    except Exception:  # a renderer must not fail for want of a title
-        sc = None
-    return (str(sc.title), str(sc.summary)) if sc is not None else (name, "")
-
-
-def read_journal(journal: Mapping[str, Any]) -> list[ScenarioView]:
-    """Group the journal's results by scenario (journal order), stateful before stateless."""
-    order: dict[str, list[Mapping[str, Any]]] = {}
-    for r in _list(journal.get("results")):
-        order.setdefault(str(r.get("scenario") or "scenario"), []).append(r)
-    prices = {str(p.get("scenario")): p for p in _list(journal.get("prices"))}
-    views = []
-    for name, results in order.items():
-        title, summary = str(results[0].get("title") or ""), str(results[0].get("summary") or "")
-        if not title:
-            title, summary = _scenario_meta(name)
-        runs = sorted((_read_run(r) for r in results), key=lambda a: (APP_ORDER.get(a.app, 9), a.label))
-        views.append(ScenarioView(name, title, summary, tuple(runs), prices.get(name, {})))
-    return views
 
 
 # --- charts -----------------------------------------------------------------------------------
-
-def loss_keys(runs: Sequence[AppRun]) -> list[str]:
-    """Pick the series that show what users lost: the non-zero loss series, else database queries/s, else none."""
-    nonzero = [k for k in LOSS_SERIES if any(v for r in runs for _, v in r.series.get(k, ()))]
-    if nonzero:
-        return nonzero
-    if any("db_queries" in r.series for r in runs):
-        return ["db_queries"]
-    return []  # flat zeros would contradict a loss the verdict table counts some other way
-
 
 def _max(runs: Sequence[AppRun], keys: Iterable[str]) -> float:
     keys = list(keys)
@@ -254,10 +105,17 @@ def _charts(sc: ScenarioView) -> list[list[str]]:
     return rows
 
 
-# --- page -------------------------------------------------------------------------------------
+# --- the folded details -----------------------------------------------------------------------
 
 def _cell_value(value: float | None, unit: str) -> str:
     return "—" if value is None else escape(svg.fmt(value) + (f" {unit}" if unit else ""))
+
+
+def unmeasured(sc: ScenarioView) -> list[str]:
+    """Return the labels of figures no run measured (all null): left out of the table, named once."""
+    labels = dict.fromkeys(f[0] for r in sc.runs for f in r.figures)
+    return [label for label in labels
+            if all(f[1] is None for r in sc.runs for f in r.figures if f[0] == label)]
 
 
 def _verdict_table(sc: ScenarioView) -> str:
@@ -273,7 +131,10 @@ def _verdict_table(sc: ScenarioView) -> str:
         out.append(f'<td class="outcome outcome-{escape(r.outcome or "none")}"><strong>{escape(text)}</strong>'
                    f"{exp}</td>")
     out.append("</tr>")
+    left_out = set(unmeasured(sc))
     for label in dict.fromkeys(f[0] for r in runs for f in r.figures):
+        if label in left_out:
+            continue
         out.append(f"<tr><th>{escape(label)}</th>")
         for r in runs:
             hit = next((f for f in r.figures if f[0] == label), None)
@@ -284,75 +145,118 @@ def _verdict_table(sc: ScenarioView) -> str:
         for r in runs:
             check = next((c for c in r.checks if c[0] == text), None)
             mark = "—" if check is None else ("✓ held" if check[2] else "✗ broken") + f" ({_cell_value(check[1], '')})"
-            out.append(f"<td>{mark}</td>")
+            out.append(f'<td class="num">{mark}</td>')
         out.append("</tr>")
+    shared = set.intersection(*(set(r.notes) for r in runs)) if len(runs) > 1 else set()
     out.append("<tr><th>why</th>")
     for r in runs:
-        notes = "".join(f'<li>{escape(n)}</li>' for n in r.notes)
+        notes = "".join(f'<li>{escape(n)}</li>' for n in r.notes if n not in shared)
         out.append(f"<td>{escape(r.explanation)}" + (f'<ul class="notes">{notes}</ul>' if notes else "") + "</td>")
     out.append("</tr></tbody></table>")
+    if left_out:
+        out.append(f'<p class="unmeasured">Not measured with this profile (left out above): '
+                   f'{escape("; ".join(unmeasured(sc)))}.</p>')
+    out.extend(f'<p class="note">{escape(n)}</p>' for n in dict.fromkeys(n for n in runs[0].notes if n in shared))
     return "".join(out)
 
 
-def _price(price: Mapping[str, Any]) -> str:
-    p50, p99 = _num(price.get("extra_p50_ms")), _num(price.get("extra_p99_ms"))
-    if p50 is None and p99 is None:
+def price_text(sc: ScenarioView) -> str:
+    """Say what statelessness cost per request in this scenario, a price or within noise; '' if unknown."""
+    plain = {r.app: r for r in sc.runs if not r.variant}
+    a, b = plain.get("stateful"), plain.get("stateless")
+    if a is None or b is None:
         return ""
-    parts = [f"{'+' if v >= 0 else ''}{svg.fmt(round(v, 2))} ms at {name}"
-             for name, v in (("p50", p50), ("p99", p99)) if v is not None]
-    window = f" ({price['window']})" if price.get("window") else ""
+    cases = []
+    for r in (a, b):
+        lat = dict(r.latency)
+        if "p50" not in lat or "p99" not in lat or not r.latency_requests:
+            return ""
+        cases.append(noise.CaseLatency(lat["p50"], lat["p99"], r.latency_requests))
+    return noise.describe_price(cases[0], cases[1])
+
+
+def _price(sc: ScenarioView) -> str:
+    text = price_text(sc)
+    if not text:
+        return ""
+    window = f" ({sc.price['window']})" if sc.price.get("window") else ""
     return (f'<p class="price"><strong>The price of statelessness</strong>{escape(window)}: '
-            f'{escape(", ".join(parts))} per request, measured in this run.</p>')
+            f'{escape(text)} per request, measured in this run (± a 95% band from each case\'s own spread).</p>')
 
 
 def _scenario_section(sc: ScenarioView) -> str:
-    out = [f'<section class="scenario" id="{escape(sc.name)}"><h2>{escape(sc.title)} <code>{escape(sc.name)}</code></h2>']
+    out = [f'<section class="scenario" id="{escape(sc.name)}"><details><summary><h2>{escape(sc.title)} '
+           f'<code>{escape(sc.name)}</code> <span class="more">every figure, check and chart</span></h2></summary>']
     if sc.summary:
         out.append(f'<p class="summary">{escape(sc.summary)}</p>')
     out.append(_verdict_table(sc))
-    out.append(_price(sc.price))
+    out.append(_price(sc))
     for row in _charts(sc):
         out.append(f'<div class="row" data-cols="{len(row)}">' + "".join(f"<figure>{c}</figure>" for c in row)
                    + "</div>")
-    out.append("</section>")
+    out.append("</details></section>")
     return "".join(out)
 
 
+# --- page -------------------------------------------------------------------------------------
+
 CSS = """
-body{font-family:"DejaVu Sans",Verdana,Arial,sans-serif;font-size:20px;color:#111;background:#fff;margin:0 auto;
-max-width:1800px;padding:16px 28px;line-height:1.4}
-h1{font-size:34px;margin:8px 0}h2{font-size:28px;border-top:3px solid #111;padding-top:14px;margin-top:40px}
+body{font-family:"DejaVu Sans",Verdana,Arial,sans-serif;font-size:18px;color:#111;background:#fff;margin:0 auto;
+max-width:1800px;padding:6px 16px;line-height:1.35}
+header{display:flex;flex-wrap:wrap;align-items:baseline;gap:4px 18px}
+h1{font-size:22px;margin:0}.facts{font-size:14px;color:#333;margin:0}
+.summary-grid{display:grid;gap:8px 12px;grid-template-columns:repeat(2,minmax(0,1fr));margin:6px 0 10px}
+@media (max-width:1000px){.summary-grid{grid-template-columns:1fr}}
+.card{border:1px solid #999;border-radius:6px;padding:2px 10px 4px}
+.card h2{font-size:20px;margin:0}.card h2 a{color:#111}
+.badge{font-size:14px;font-weight:bold;padding:0 6px;border-radius:4px;border:1px solid #777;border-left:9px solid;
+white-space:nowrap}
+.outcome-reproduced{background:#fbe3d4}.outcome-survived{background:#d7ecf7}.outcome-error{background:#eee}
+.sentence{font-size:16px;margin:2px 0;line-height:1.35}
+figure{margin:0}figure.key-chart{border:0}svg.chart{display:block;height:auto}
+h2{font-size:24px;margin:0}
+section.scenario{border-top:3px solid #111;margin-top:14px;padding-top:8px}
+summary{cursor:pointer}summary h2{display:inline}.more{font-size:16px;font-weight:normal;color:#444}
 code{font-size:0.8em;background:#f1f1f1;padding:1px 6px;border-radius:4px;font-weight:normal}
 table.verdict{border-collapse:collapse;width:100%;margin:12px 0 20px}
 table.verdict th,table.verdict td{border:1px solid #999;padding:8px 12px;text-align:left;vertical-align:top}
-table.verdict thead th{background:#eee;font-size:22px}td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.verdict thead th{background:#eee;font-size:20px}
+table.verdict td.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.check th{font-weight:normal;font-family:monospace}
-td.outcome-reproduced{background:#fbe3d4}td.outcome-survived{background:#d7ecf7}td.outcome-error{background:#eee}
-.expected{font-size:16px}.notes{font-size:17px;margin:6px 0 0;padding-left:20px}
-.price{background:#f4f4f4;padding:8px 12px;border-left:6px solid #0072B2}
+.expected{font-size:16px}.notes{font-size:16px;margin:6px 0 0;padding-left:20px}
+.price,.unmeasured,.note{background:#f4f4f4;padding:8px 12px;border-left:6px solid #0072B2}
 .row{display:grid;gap:16px;margin:8px 0;grid-template-columns:repeat(auto-fit,minmax(0,1fr))}
 @media (max-width:1000px){.row{grid-template-columns:1fr}}
-figure{margin:0;border:1px solid #ccc;padding:4px}svg.chart{display:block;height:auto}
-nav a{margin-right:18px}
-@media print{h2{break-before:page}}
+.row figure{border:1px solid #ccc;padding:4px}
+@media print{section.scenario{break-before:page}}
 """
+
+EXIT_WORDS = {0: "every result matched its expectation", 1: "some results DEVIATED from their expectation",
+              2: "some scenarios could not run"}
 
 
 def render_html(journal: Mapping[str, Any]) -> str:
     """Return the whole report as one HTML document."""
     scenarios = read_journal(journal)
-    inputs = _map(journal.get("inputs"))
-    facts = [f"{k}: {v}" for k, v in (("started", journal.get("started_at")), ("seed", inputs.get("seed")),
-                                      ("quick", inputs.get("quick")), ("users", inputs.get("users")),
-                                      ("balancer", inputs.get("lb")), ("wall time (s)", journal.get("wall_s")))
-             if v is not None]
+    inputs = as_map(journal.get("inputs"))
+    profile = ("quick profile" if inputs.get("quick") else "full profile") if "quick" in inputs else None
+    code = journal.get("exit_code")
+    facts = [str(v) for v in (journal.get("started_at"), profile,
+                              f"seed {inputs['seed']}" if inputs.get("seed") is not None else None,
+                              f"{inputs['lb']} balancer" if inputs.get("lb") else None,
+                              f"{journal['wall_s']:.0f} s" if as_num(journal.get("wall_s")) is not None else None,
+                              EXIT_WORDS.get(code) if isinstance(code, int) else None) if v]
+    if scenarios:
+        facts.append("below: every figure and chart, folded")
     title = str(journal.get("title") or "statelab: stateful vs stateless, measured")
-    nav = " ".join(f'<a href="#{escape(s.name)}">{escape(s.title)}</a>' for s in scenarios)
+    cards = "".join(card(s) for s in scenarios)
     body = "".join(_scenario_section(s) for s in scenarios) or "<p>This journal holds no results.</p>"
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{escape(title)}</h1><p>{escape(' · '.join(facts))}</p><nav>{nav}</nav>{body}</body></html>\n")
+            f'<header><h1>{escape(title)}</h1><p class="facts">{escape(" · ".join(facts))}</p></header>'
+            + (f'<main id="summary" class="summary-grid">{cards}</main>' if cards else "")
+            + f"{body}</body></html>\n")
 
 
 def write_html(report_json: Mapping[str, Any] | Any, path: Path) -> None:
@@ -362,4 +266,5 @@ def write_html(report_json: Mapping[str, Any] | Any, path: Path) -> None:
     path.write_text(render_html(journal), encoding="utf-8")
 
 
-__all__ = ["write_html", "render_html", "read_journal", "loss_keys", "series_key", "AppRun", "ScenarioView"]
+__all__ = ["write_html", "render_html", "read_journal", "loss_keys", "series_key", "price_text", "unmeasured",
+           "AppRun", "ScenarioView"]

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from statelab.report import noise, story
 from statelab.scenario import RunReport, Scenario, ScenarioResult
 
 console = Console(highlight=False)
@@ -106,12 +107,7 @@ def scenario_table(scenario: str, results: Sequence[ScenarioResult]) -> Table:
     table.add_column("measured")
     for r in results:
         table.add_column(r.label, justify="right")
-    names: list[tuple[str, str]] = []
-    for r in results:
-        for f in r.measurements.figures:
-            if f.name not in {n for n, _ in names}:
-                names.append((f.name, f.label))
-    for name, label in names:
+    for name, label in measured_figures(results):
         cells = []
         for r in results:
             fig = next((f for f in r.measurements.figures if f.name == name), None)
@@ -127,13 +123,43 @@ def scenario_table(scenario: str, results: Sequence[ScenarioResult]) -> Table:
     return table
 
 
+def measured_figures(results: Sequence[ScenarioResult]) -> list[tuple[str, str]]:
+    """Return (name, label) of the figures at least one case measured, in the order the cases list them."""
+    names: dict[str, str] = {}
+    for r in results:
+        for f in r.measurements.figures:
+            names.setdefault(f.name, f.label)
+    return [(n, label) for n, label in names.items() if any(_measured(r.figure(n)) for r in results)]
+
+
+def unmeasured_labels(results: Sequence[ScenarioResult]) -> list[str]:
+    """Return the labels of figures no case measured (this profile does not): left out of the table."""
+    kept = {n for n, _ in measured_figures(results)}
+    return list(dict.fromkeys(f.label for r in results for f in r.measurements.figures if f.name not in kept))
+
+
+def _measured(value: float) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def price_line(results: Sequence[ScenarioResult]) -> str:
+    """Return the stateless price of one scenario (plain cases), each percentile a price or within noise; '' if none."""
+    plain = {r.app: r for r in results if not r.variant}
+    a, b = plain.get("stateful"), plain.get("stateless")
+    if a is None or b is None or not a.measurements.latency.requests or not b.measurements.latency.requests:
+        return ""
+    la, lb = a.measurements.latency, b.measurements.latency
+    text = noise.describe_price(noise.CaseLatency(la.p50_ms, la.p99_ms, la.requests),
+                                noise.CaseLatency(lb.p50_ms, lb.p99_ms, lb.requests))
+    return f"stateless price ({la.window}): {text} per request ({la.p50_ms:.1f} -> {lb.p50_ms:.1f} ms at p50)"
+
+
 def run_report(run: RunReport, scenarios: Mapping[str, Scenario]) -> None:
     """Print every scenario's table, verdicts, tolerances and why; then the stateless price and a summary."""
     order: list[str] = []
     for r in run.results:
         if r.scenario not in order:
             order.append(r.scenario)
-    prices = {p.scenario: p for p in run.prices()}
     walls = dict(run.scenario_wall_s)
     for name in order:
         results = [r for r in run.results if r.scenario == name]
@@ -143,6 +169,9 @@ def run_report(run: RunReport, scenarios: Mapping[str, Scenario]) -> None:
         if sc:
             console.print(f"[dim]{sc.summary}[/dim]")
         console.print(scenario_table(name, results))
+        left_out = unmeasured_labels(results)
+        if left_out:
+            console.print(f"[dim]not measured with this profile: {escape('; '.join(left_out))}[/dim]")
         if sc and run.inputs.quick:
             left_out = [c.label for c in sc.cases() if not c.in_quick and c.app in run.inputs.apps]
             if left_out:
@@ -150,29 +179,32 @@ def run_report(run: RunReport, scenarios: Mapping[str, Scenario]) -> None:
         if sc and sc.tolerances:
             tol = "; ".join(f"{t.describe()}" for t in sc.tolerances)
             console.print(f"[dim]survived only if:[/dim] {tol}")
+        shared = set.intersection(*(set(r.measurements.notes) for r in results)) if len(results) > 1 else set()
         for r in results:
             style = OUTCOME_STYLE.get(r.outcome, "")
             console.print(f"[{style}]{r.label}[/{style}]: {r.verdict.explanation}")
             for note in r.measurements.notes:
-                console.print(f"  [dim]{note}[/dim]")
-        price = prices.get(name)
+                if note not in shared:
+                    console.print(f"  [dim]{note}[/dim]")
+        for note in dict.fromkeys(n for n in results[0].measurements.notes if n in shared):
+            console.print(f"[dim]{note}[/dim]")  # said once, for every column
+        price = price_line(results)
         if price:
-            console.print(f"[bold]stateless price[/bold] ({price.window}): p50 {_signed(price.extra_p50_ms)} "
-                          f"({price.stateful_p50_ms:.1f} -> {price.stateless_p50_ms:.1f} ms), "
-                          f"p99 {_signed(price.extra_p99_ms)} "
-                          f"({price.stateful_p99_ms:.1f} -> {price.stateless_p99_ms:.1f} ms) per request")
+            console.print(f"[bold]{escape(price)}[/bold]")
         console.print()
     summary(run)
 
 
-def _signed(ms: float) -> str:
-    if math.isnan(ms):
-        return "n/a"
-    return f"{ms:+.1f} ms"
-
-
 def summary(run: RunReport) -> None:
-    """Print the one-line-per-case summary and the exit status it implies."""
+    """Print what users lost per scenario (one sentence each), the one-line-per-case table and the exit status."""
+    by_scenario: dict[str, list[ScenarioResult]] = {}
+    for r in run.results:
+        by_scenario.setdefault(r.scenario, []).append(r)
+    console.rule("[bold]what users lost[/bold]")
+    for name, results in by_scenario.items():
+        text = story.plain(name, [story.facts_from_json(r.to_json()) for r in results])
+        console.print(f"[bold]{escape(name)}[/bold]: {escape(text)}")
+    console.print()
     table = Table(title="summary", show_edge=False, pad_edge=False, header_style="bold")
     for col in ("scenario", "app", "outcome", "expected", "matched", "wall"):
         table.add_column(col, justify="right" if col == "wall" else "left")
