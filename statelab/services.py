@@ -17,7 +17,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from statelab.config import Secret
 from statelab.errors import DependencyMissing, ServiceFailed
@@ -32,6 +32,7 @@ POSTGRES_USER = "lab"
 POSTGRES_DB = "statelab"
 READY_TIMEOUT_S = 20.0
 START_ATTEMPTS = 3
+WEED_SOCKET_DIR = Path("/tmp")  # hard-coded in SeaweedFS, whatever TMPDIR says
 PORT_CLASH = ("address already in use", "not available", "bind: address", "Address already in use")
 
 
@@ -45,6 +46,7 @@ class Service:
     cleanup_dirs: list[Path] = field(default_factory=list)
     extra: dict[str, str] = field(default_factory=dict)
     respawn: Callable[[], "Service"] | None = None  # start again on fresh ports
+    after_stop: Callable[[], object] | None = None  # tidy what the server leaves outside its run directory
 
     def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> "Service":
         """Wait until ready; if a port picked as free was taken meanwhile, start again on fresh ports."""
@@ -59,13 +61,15 @@ class Service:
                 self.stop()
                 fresh = self.respawn()
                 self.process, self.url, self.extra = fresh.process, fresh.url, fresh.extra
-                self.cleanup_dirs = fresh.cleanup_dirs
+                self.cleanup_dirs, self.after_stop = fresh.cleanup_dirs, fresh.after_stop
         return self
 
     def stop(self) -> None:
         self.process.stop()
         for d in self.cleanup_dirs:
             shutil.rmtree(d, ignore_errors=True)
+        if self.after_stop is not None:
+            self.after_stop()
 
 
 # --- finding binaries -------------------------------------------------------------------------
@@ -348,7 +352,8 @@ def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | N
     data = run_dir / "s3"
     data.mkdir(parents=True, exist_ok=True)
     ports = dict(ports) if ports else {name: free_port() for name in S3_PORT_NAMES}
-    argv = [str(find_weed()), "mini", f"-dir={data}", "-master.telemetry=false", "-ip=127.0.0.1",
+    # -logtostderr: its logs go to the run's s3.log, not to weed.* files in /tmp (TMPDIR) that nobody tidies
+    argv = [str(find_weed()), "-logtostderr", "mini", f"-dir={data}", "-master.telemetry=false", "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1", "-webdav=false"]
     argv += [f"-{name}={port}" for name, port in ports.items()]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key.value}
@@ -360,7 +365,27 @@ def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | N
                           env=env, cwd=data, stop_grace_s=0.3).start()
     return Service("s3", proc, endpoint,
                    extra={"access_key": access_key, "secret_key": secret_key.value, "ports": json.dumps(ports)},
-                   respawn=lambda: start_s3(run_dir, access_key, secret_key))
+                   respawn=lambda: start_s3(run_dir, access_key, secret_key),
+                   after_stop=lambda: remove_weed_sockets(ports.values()))
+
+
+def remove_weed_sockets(ports: Iterable[int], tmp: Path = WEED_SOCKET_DIR) -> list[Path]:
+    """Remove the unix sockets a stopped SeaweedFS left in /tmp (one per port: seaweedfs-<name>-<port>.sock).
+
+    weed puts its gRPC sockets at a fixed /tmp path (not TMPDIR, no flag for most) and removes them
+    only when it has time to shut down gracefully, which a lab's short stop grace does not give it.
+    Only sockets named after this server's own ports are touched.
+    """
+    removed = []
+    for port in ports:
+        for path in tmp.glob(f"seaweedfs-*-{int(port)}.sock"):
+            try:
+                if stat.S_ISSOCK(path.lstat().st_mode):
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def start_app(kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], port: int | None = None,
