@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shutil
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -114,7 +115,19 @@ def run_case(scenario: Scenario, ctx: CaseContext, clock: Callable[[], float] = 
         m, v = Measurements(()), Verdict("error", reason)
     finally:
         ctx.progress.watch(None)
+        delete_case_data(ctx.run_dir)
     return ScenarioResult(scenario.name, case, m, v, clock() - t0 - ctx.turn.waited_s, str(ctx.run_dir))
+
+
+# What a finished case's lab stored (the users' uploads on each instance's disk and in S3, and the
+# database's files when PostgreSQL runs unprivileged): measured already, never read again. Logs stay.
+CASE_DATA_DIRS = ("uploads", "s3", "postgres")
+
+
+def delete_case_data(run_dir: Path) -> None:
+    """Delete what a case's lab stored in its run directory once the case is over (its logs stay)."""
+    for name in CASE_DATA_DIRS:
+        shutil.rmtree(run_dir / name, ignore_errors=True)
 
 
 def find_scenarios(name: str) -> list[Scenario]:
@@ -212,5 +225,5 @@ def run_from_cli(opts: RunOptions) -> int:
     return run.exit_code
 
 
-__all__ = ["CaseProgress", "NullProgress", "RunOptions", "case_context", "find_scenarios", "run_all", "run_case",
-           "run_from_cli", "versions"]
+__all__ = ["CASE_DATA_DIRS", "CaseProgress", "NullProgress", "RunOptions", "case_context", "delete_case_data",
+           "find_scenarios", "run_all", "run_case", "run_from_cli", "versions"]
