@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from statelab.loadgen import LoadSummary
+from statelab.runs import CleanPlan
 
 console = Console(stderr=False, highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -83,3 +84,14 @@ def load_summary(summary: LoadSummary, csv_prefix: Path) -> None:
         for f in sorted(summary.failures, key=lambda f: -f.occurrences):
             console.print(escape(f"  {f.occurrences:>6} x {f.error}  ({f.method} {f.name})"))
     console.print(escape(f"CSV files: {csv_prefix}_*.csv"))
+
+
+def clean_summary(plan: CleanPlan, dry_run: bool) -> None:
+    """Say which run directories went (or would go), how many MB, and which stayed and why."""
+    verb = "would delete" if dry_run else "deleted"
+    for d in plan.doomed:
+        console.print(f"  {verb} {d.path.name}  [dim]{d.mb:.1f} MB[/dim]")
+    for d, why in plan.kept:
+        console.print(f"  kept    {d.path.name}  [dim]{d.mb:.1f} MB, {why}[/dim]")
+    console.print(f"{verb.capitalize()} {len(plan.doomed)} run director{'y' if len(plan.doomed) == 1 else 'ies'} "
+                  f"({plan.doomed_mb:.1f} MB) under {plan.root}; kept {len(plan.kept)}.")
