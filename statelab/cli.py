@@ -9,25 +9,54 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from statelab.balancer.policies import POLICY_NAMES
 from statelab.config import APP_KINDS, default_run_root
 from statelab.engines import ENGINE_NAMES
-from statelab.errors import LabError
+from statelab.errors import ConfigError, LabError
+from statelab.loopback import LOOPBACK_HOST
 from statelab.scenario import EXIT_DEVIATED, EXIT_ERROR, EXIT_OK
 from statelab.seed import SEED_PRODUCTS, SEED_USERS
 
 POLICY_HELP = ", ".join(POLICY_NAMES[:-1]) + f" or {POLICY_NAMES[-1]}"
 
 
+log = logging.getLogger("statelab")
+
+
 def _default_run_dir(label: str) -> Path:
     return default_run_root() / f"{time.strftime('%Y%m%d-%H%M%S')}-{label}"
+
+
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0-65535 (0: pick a free one)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: use 1-65535, or 0 for a free one")
+    return port
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is too small: at least 1")
+    return value
 
 
 def _add_state_file(p: argparse.ArgumentParser) -> None:
@@ -57,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--app", choices=(*APP_KINDS, "both"), default="both")
     p.add_argument("--quick", action="store_true", help="smaller, faster profile (the whole set in about a minute)")
     p.add_argument("--seed", type=int, default=1, help="seed for the simulated users (default: 1)")
-    p.add_argument("--users", type=int, default=None, help="override the number of simulated users")
+    p.add_argument("--users", type=_positive, default=None, help="override the number of simulated users")
     p.add_argument("--lb", choices=ENGINE_NAMES, default="builtin", help="balancer engine")
     p.add_argument("--json", type=Path, dest="json_path", help="write the JSON journal here")
     p.add_argument("--junit", type=Path, help="write JUnit XML here (one case per scenario x app)")
@@ -71,12 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start PostgreSQL (+ Redis and S3 for the stateless app), seed, start N "
                                    "instances and a balancer, print what runs where, and stay up until Ctrl-C.")
     p.add_argument("--app", choices=APP_KINDS, required=True)
-    p.add_argument("--instances", type=int, default=3, help="number of app instances (default: 3)")
+    p.add_argument("--instances", type=_positive, default=3, help="number of app instances (default: 3)")
     p.add_argument("--policy", default="round-robin", help=f"balancing policy: {POLICY_HELP}")
     p.add_argument("--lb", choices=ENGINE_NAMES, default="builtin", help="balancer engine")
-    p.add_argument("--port", type=int, default=8000, help="balancer port (default: 8000; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=8000, help="balancer port (default: 8000; 0 picks a free one)")
     p.add_argument("--auth-mode", choices=("session", "jwt"), default="session", help="stateless app only")
-    p.add_argument("--threads", type=int, default=8, help="gunicorn threads per instance (default: 8)")
+    p.add_argument("--threads", type=_positive, default=8, help="gunicorn threads per instance (default: 8)")
     p.add_argument("--no-restart", action="store_true", help="do not restart crashed instances")
     p.add_argument("--no-dashboard", action="store_true", help="do not serve the live dashboard")
     p.add_argument("--run-dir", type=Path)
@@ -111,11 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("lb", help="run only the load balancer in front of any HTTP backends")
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=_port, required=True)
     p.add_argument("--backend", action="append", required=True, metavar="[ID=]HOST:PORT",
                    help="a backend; repeat for more")
     p.add_argument("--policy", default="round-robin", help=POLICY_HELP)
-    p.add_argument("--admin-port", type=int, help="serve the JSON admin API on this loopback port")
+    p.add_argument("--admin-port", type=_port, help="serve the JSON admin API on this loopback port")
     p.add_argument("--health-interval", type=float, default=1.0, help="seconds between health checks")
     p.add_argument("--trust-forwarded-for", action="store_true", help="ip-hash on X-Forwarded-For")
     p.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
@@ -154,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 when a finding is at least this bad (default: warning)")
     p.set_defaults(func=cmd_lint)
 
+    p = sub.add_parser("clean", help="delete old run directories (logs and data of past runs and labs)",
+                       description="Delete the run directories under the run root (LAB_RUN_ROOT, default "
+                                   ".statelab/runs), newest N kept; never the running lab's, never one a process "
+                                   "still uses, never anything outside the run root.")
+    p.add_argument("--keep", type=int, default=0, metavar="N", help="keep the N newest run directories (default: 0)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would go and how many MB")
+    _add_state_file(p)
+    p.set_defaults(func=cmd_clean)
+
     p = sub.add_parser("faults", help="run a fault proxy (latency, bandwidth, resets, down) in front of TCP services",
                        description="A user-space TCP fault proxy with Toxiproxy's vocabulary and routes: add "
                                    "toxics with its JSON API (e.g. curl -d '{\"type\":\"latency\",\"attributes\":"
@@ -179,11 +217,74 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from statelab.runner import RunOptions, run_from_cli
 
+    run_dir = _make_run_dir(args.run_dir or _default_run_dir(f"run-{args.scenario}"))
+    for flag, path in (("--json", args.json_path), ("--junit", args.junit), ("--html", args.html)):
+        _check_writable(flag, path)
+    if args.target:
+        _check_target(args.target)
     opts = RunOptions(scenario=args.scenario, app=args.app, quick=args.quick, seed=args.seed, users=args.users,
                       lb=args.lb, json_path=args.json_path, junit_path=args.junit, html_path=args.html,
-                      run_dir=args.run_dir or _default_run_dir(f"run-{args.scenario}"),
-                      target=args.target, target_admin=args.target_admin)
+                      run_dir=run_dir, target=args.target, target_admin=args.target_admin)
     return run_from_cli(opts)
+
+
+def _make_run_dir(path: Path) -> Path:
+    """Create a run directory, or fail with a message naming the flag that picks another."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the run directory {path}: {exc.strerror or exc}; "
+                          "pick another with --run-dir (or set LAB_RUN_ROOT)") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"cannot write to the run directory {path}: pick another with --run-dir") from None
+    return path
+
+
+def _check_writable(flag: str, path: Path | None) -> None:
+    """Fail before a run starts when its report could not be written at the end."""
+    if path is None:
+        return
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {flag} {path}: {exc.strerror or exc} ({parent})") from None
+    if path.is_dir() or not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ConfigError(f"cannot write {flag} {path}: "
+                          + ("it is a directory" if path.is_dir() else "permission denied")) from None
+
+
+def _check_target(url: str) -> None:
+    """Fail early unless --target is an http(s)://HOST:PORT URL that answers."""
+    from statelab.loadgen import check_answers
+
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is not None or parts.scheme in ("http", "https")
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise ConfigError(f"--target must be the balancer's URL, like http://127.0.0.1:8000, not {url!r}")
+    check_answers(url)
+
+
+def _port_busy(port: int, host: str = LOOPBACK_HOST) -> bool:
+    """Return whether binding host:port fails (something listens there), as a server would bind it."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _check_port(port: int, what: str) -> None:
+    """Fail before anything starts when a fixed port is taken, and name the way out."""
+    if port and _port_busy(port):
+        raise ConfigError(f"port {port} is busy: something already listens on {LOOPBACK_HOST}:{port} (another lab?). "
+                          f"Start {what} on another port with `--port {port + 1 if port < 65535 else 8000}`, or on a "
+                          "free one with `--port 0`. Nothing was started.")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -195,6 +296,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     spec = LabSpec(app=args.app, instances=args.instances, policy=args.policy, lb=args.lb,
                    port=args.port or None, run_dir=args.run_dir or _default_run_dir(f"up-{args.app}"),
                    auth_mode=args.auth_mode, threads=args.threads, restart_crashed=not args.no_restart)
+    spec.validate()
+    _check_port(args.port, "the lab")
+    _make_run_dir(spec.run_dir)
     stop = threading.Event()
     _on_signals(lambda: stop.set())
     lab = Lab(spec)
@@ -259,7 +363,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from statelab.control import ControlClient
     from statelab.report import lab as report
 
-    status = ControlClient(args.state_file).call("GET", "/status")
+    client = ControlClient(args.state_file)
+    status = client.call("GET", "/status")
+    # the lab knows its processes; where its control API and dashboard listen is in the state file
+    status.update({k: client.state.get(k) for k in ("control_url", "dashboard_url")})
     if args.json:
         report.raw(json.dumps(status, indent=2))
     else:
@@ -271,23 +378,70 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_lb(args: argparse.Namespace) -> int:
     from statelab.balancer.proxy import BalancerOptions, serve_forever
 
-    backends = []
-    for n, spec in enumerate(args.backend, 1):
-        bid, _, addr = spec.rpartition("=")
-        backends.append((bid or f"backend-{n}", addr))
-    serve_forever(BalancerOptions(port=args.port, backends=tuple(backends), policy=args.policy,
-                                  admin_port=args.admin_port, health_interval_s=args.health_interval,
-                                  trust_forwarded_for=args.trust_forwarded_for, use_uvloop=not args.no_uvloop))
+    backends = parse_backends(args.backend)
+    if args.policy not in POLICY_NAMES:
+        raise ConfigError(f"unknown policy {args.policy!r}: choose one of {', '.join(POLICY_NAMES)}")
+    if args.health_interval <= 0:
+        raise ConfigError("--health-interval must be above 0 seconds")
+    _check_port(args.port, "the balancer")
+    if args.admin_port:
+        _check_port(args.admin_port, "the admin API")
+    try:
+        serve_forever(BalancerOptions(port=args.port, backends=tuple(backends), policy=args.policy,
+                                      admin_port=args.admin_port, health_interval_s=args.health_interval,
+                                      trust_forwarded_for=args.trust_forwarded_for, use_uvloop=not args.no_uvloop))
+    except OSError as exc:  # a port taken between the check and the bind
+        raise ConfigError(f"the balancer could not listen: {exc.strerror or exc}") from None
+    except ValueError as exc:  # what the balancer itself refuses (its own checks)
+        raise ConfigError(str(exc)) from None
     return EXIT_OK
+
+
+def parse_backends(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """Read `--backend [ID=]HOST:PORT` values: (id, "host:port"); ConfigError naming the bad one."""
+    backends: list[tuple[str, str]] = []
+    for n, spec in enumerate(specs, 1):
+        bid, sep, addr = spec.rpartition("=")
+        if sep and not bid.strip():
+            raise ConfigError(f"--backend {spec!r}: the id before '=' is empty; write ID=HOST:PORT or HOST:PORT")
+        host, colon, port = addr.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"--backend {spec!r}: expected [ID=]HOST:PORT with a port 1-65535, "
+                              "e.g. app-1=127.0.0.1:9001")
+        bid = bid.strip() or f"backend-{n}"
+        if bid in {b for b, _ in backends}:
+            raise ConfigError(f"--backend {spec!r}: the id {bid!r} is used twice; give each backend its own id")
+        backends.append((bid, f"{host}:{int(port)}"))
+    return backends
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
     from statelab import seed
     from statelab.report import lab as report
 
-    summary = seed.seed(args.database_url, users=args.users, products=args.products)
+    import psycopg
+
+    url = _masked(args.database_url)
+    try:
+        summary = seed.seed(args.database_url, users=args.users, products=args.products)
+    except psycopg.OperationalError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot reach the database at {url}: {reason}. Is PostgreSQL running there, and are "
+                          "the host, port, user and password right?") from None
+    except psycopg.Error as exc:
+        raise ConfigError(f"cannot seed {url}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}; "
+                          "expected a URL like postgresql://USER:PASSWORD@HOST:5432/DBNAME") from None
     report.line(str(summary))
     return EXIT_OK
+
+
+def _masked(url: str) -> str:
+    """Return a database URL with its password hidden (it goes into an error message)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":****@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -328,6 +482,20 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return EXIT_DEVIATED if result.reaches(args.fail_on) else EXIT_OK
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    """Delete old run directories, newest --keep kept, never one in use; --dry-run only says what would go."""
+    from statelab import runs
+    from statelab.report import lab as report
+
+    if args.keep < 0:
+        raise ConfigError("--keep must be 0 or more")
+    plan = runs.plan_clean(default_run_root(), args.keep, args.state_file)
+    if not args.dry_run:
+        runs.clean(plan)
+    report.clean_summary(plan, dry_run=args.dry_run)
+    return EXIT_OK
+
+
 def cmd_faults(args: argparse.Namespace) -> int:
     from statelab.faults.api import FaultServer, ProxySpec, serve_forever
     from statelab.faults.toxics import ToxicError
@@ -366,8 +534,11 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt from here on
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:  # nothing has started yet
+        return 130
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # SIGTERM behaves like Ctrl-C: every `finally` runs and every child is stopped.
@@ -382,6 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         report.error("interrupted: everything the lab started has been stopped")
         return 130
+    except OSError as exc:  # the machine said no (a disk, a permission, a port): a message, not a traceback
+        log.debug("%s failed", args.command, exc_info=True)
+        where = f" ({exc.filename})" if exc.filename else ""
+        report.error(f"{exc.strerror or exc}{where}; run with -v for details")
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -138,7 +138,8 @@ class ControlClient:
         try:
             self.state = json.loads(state_file.read_text())
         except FileNotFoundError:
-            raise ControlError(f"no running lab found ({state_file} is missing): start one with `statelab up`") from None
+            raise ControlError(f"no running lab found ({state_file} is missing): start one in another shell with "
+                               "`statelab up --app stateful` (or --app stateless)") from None
         except ValueError:
             raise ControlError(f"{state_file} is not a lab state file") from None
         self.url = str(self.state["control_url"])
@@ -148,7 +149,8 @@ class ControlClient:
         try:
             resp = requests.request(method, self.url + path, json=body, timeout=timeout_s)
         except requests.ConnectionError:
-            raise ControlError(f"the lab at {self.url} does not answer: is `statelab up` still running?") from None
+            raise ControlError(f"the lab at {self.url} does not answer: is `statelab up` still running? If it "
+                               "stopped, start it again with `statelab up --app stateful`") from None
         except requests.Timeout:
             raise ControlError(f"the lab at {self.url} did not answer within {timeout_s:.0f} s") from None
         try:

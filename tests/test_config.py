@@ -84,4 +84,4 @@ def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_control_without_a_running_lab_exits_2_with_advice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--state-file", str(tmp_path / "nope.json")]) == 2
-    assert "start one with `statelab up`" in capsys.readouterr().err
+    assert "`statelab up --app stateful`" in " ".join(capsys.readouterr().err.split())
