@@ -160,11 +160,14 @@ class DevTools:
         for kind in ("mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
 
-    def screenshot(self, name: str) -> Path:
-        """Save a full-page PNG under test-artifacts/ and return its path."""
-        size = self.send("Page.getLayoutMetrics")["cssContentSize"]
-        shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+    def screenshot(self, name: str, full_page: bool = True) -> Path:
+        """Save a PNG of the whole page (or of what the viewport shows) under test-artifacts/; return its path."""
+        if full_page:
+            size = self.send("Page.getLayoutMetrics")["cssContentSize"]
+            shot = self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                             clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1})
+        else:
+            shot = self.send("Page.captureScreenshot", format="png")
         ARTIFACTS.mkdir(exist_ok=True)
         path = ARTIFACTS / name
         path.write_bytes(base64.b64decode(shot["data"]))
@@ -236,12 +239,17 @@ CHART_FACTS = """(() => [...document.querySelectorAll('svg.chart')].map(s => {
 }))()"""
 
 
+OPEN_DETAILS = "document.querySelectorAll('details').forEach(d => d.open = true)"
+
+
 def test_report_renders_its_charts(page: DevTools, tmp_path: Path) -> None:
     path = tmp_path / "report.html"
     write_html(synthetic_journal(), path)
     page.open(path.as_uri())
+    assert page.eval("[...document.querySelectorAll('details')].every(d => !d.open)")  # folded at first
+    page.eval(OPEN_DETAILS)
     charts = page.eval(CHART_FACTS)
-    assert len(charts) == 10
+    assert len(charts) == 11  # the first screen's key chart, then five per app
     assert all(c["w"] > 300 and c["h"] > 150 for c in charts), charts
     traffic = [c for c in charts if "traffic" in c["cls"]]
     for c in traffic:
@@ -254,6 +262,47 @@ def test_report_renders_its_charts(page: DevTools, tmp_path: Path) -> None:
     assert page.errors() == []
     shot = page.screenshot("report.png")
     assert shot.stat().st_size > 20_000
+
+
+REAL_JOURNAL = Path(__file__).resolve().parent / "fixtures" / "journal-quick-run.json"
+PROJECTOR = {"width": 1280, "height": 720}
+
+
+def test_report_first_screen_answers_at_projector_size(page: DevTools, tmp_path: Path) -> None:
+    """At 1280x720 the summary (a sentence, badges and a chart per scenario) shows without scrolling.
+
+    The journal is a real `statelab run all --quick` on a busy machine, with a deviated verdict: the
+    longest sentences a run makes.
+    """
+    path = tmp_path / "report.html"
+    write_html(json.loads(REAL_JOURNAL.read_text()), path)
+    page.send("Emulation.setDeviceMetricsOverride", deviceScaleFactor=1, mobile=False, **PROJECTOR)
+    page.open(path.as_uri())
+    box = page.eval("(() => { const r = document.getElementById('summary').getBoundingClientRect(); "
+                    "return {top: r.top, bottom: r.bottom, right: r.right}; })()")
+    assert box["bottom"] <= PROJECTOR["height"] and box["right"] <= PROJECTOR["width"], box
+    assert page.eval("document.documentElement.scrollWidth") <= PROJECTOR["width"]
+    cards = page.eval("""[...document.querySelectorAll('#summary .card')].map(c => ({
+        scenario: c.dataset.scenario, sentence: c.querySelector('.sentence').textContent,
+        badges: c.querySelectorAll('.badge').length, font: parseFloat(getComputedStyle(c.querySelector('.sentence')).fontSize),
+        chart: c.querySelector('svg.chart').getBoundingClientRect().height}))""")
+    assert [c["scenario"] for c in cards] == ["rolling-deploy", "nat-hotspot", "local-disk-upload",
+                                              "cold-cache-autoscale"]
+    assert all(c["badges"] == 2 and c["chart"] > 120 and c["font"] >= 16 for c in cards), cards
+    assert "60 of 60 users logged out" in cards[0]["sentence"]
+    assert "DEVIATED" in cards[1]["sentence"]  # a deviation shows on the first screen
+    page.screenshot("report-first-screen.png", full_page=False)
+    page.eval(OPEN_DETAILS)
+    # numbers right-aligned in the tables; every direct label inside its chart
+    assert set(page.eval("[...document.querySelectorAll('td.num')].map(td => getComputedStyle(td).textAlign)")) \
+        == {"right"}
+    overflow = page.eval("""[...document.querySelectorAll('svg.chart')].flatMap(svg =>
+        [...svg.querySelectorAll('text.direct-label')].filter(t => {
+            const b = t.getBBox(); return b.x + b.width > svg.viewBox.baseVal.width || t.textContent.endsWith('…'); })
+        .map(t => t.textContent))""")
+    assert overflow == []
+    assert page.errors() == []
+    page.screenshot("report-details.png")
 
 
 def _check_deploy_shows(page: DevTools, dash_url: str, name: str, timeout_s: float) -> None:

@@ -43,8 +43,8 @@ def test_a_clause_can_hang_on_a_broken_tolerance() -> None:
                    max_mean_ratio=3.56, users_logged_out=0, failed_requests=0)
     hot = _result("stateful", "reproduced", (("max_mean_ratio", "<", 1.3, 3.56, False),), **figures)
     assert case_sentence("nat-hotspot", facts_from_json(hot)) == (
-        "one instance took 89% of the requests of 400 users behind one office address (fair share 25%): "
-        "p50 712\u00a0ms there, 44.7\u00a0ms elsewhere")
+        "one instance took 89% of the office's requests (fair share 25%), p50 712\u00a0ms there vs 44.7\u00a0ms "
+        "elsewhere")
     even = _result("stateless", "survived", (("max_mean_ratio", "<", 1.3, 1.0, True),),
                    **{**figures, "hottest_share": 25.2})
     assert case_sentence("nat-hotspot", facts_from_json(even)) == "evenly spread (busiest instance 25%)"

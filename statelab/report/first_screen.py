@@ -21,7 +21,7 @@ BADGE_TEXT = {"reproduced": "✗ reproduced", "survived": "✓ survived", "error
 APP_COLORS = {"stateful": svg.VERMILLION, "stateless": svg.BLUE}
 EXTRA_STYLES = [(svg.GREEN, "3 5"), (svg.PURPLE, "14 4 3 4"), (svg.ORANGE, "")]
 SHARES = "shares"
-WIDTH, HEIGHT = 600, 190
+WIDTH, HEIGHT = 600, 180
 SAME_PHASE_S = 0.5  # a phase mark is drawn when every app reached it within this of the others
 
 

@@ -212,7 +212,7 @@ h1{font-size:22px;margin:0}.facts{font-size:14px;color:#333;margin:0}
 .badge{font-size:14px;font-weight:bold;padding:0 6px;border-radius:4px;border:1px solid #777;border-left:9px solid;
 white-space:nowrap}
 .outcome-reproduced{background:#fbe3d4}.outcome-survived{background:#d7ecf7}.outcome-error{background:#eee}
-.sentence{font-size:16px;margin:2px 0;line-height:1.35}
+.sentence{font-size:16px;margin:2px 0;line-height:1.3}
 figure{margin:0}figure.key-chart{border:0}svg.chart{display:block;height:auto}
 h2{font-size:24px;margin:0}
 section.scenario{border-top:3px solid #111;margin-top:14px;padding-top:8px}

@@ -96,9 +96,8 @@ STORIES: dict[str, Story] = {
         context="during a {deploy_s} deploy",
         fine="nobody logged out, no cart item lost ({deploy_s} deploy)"),
     "nat-hotspot": Story(
-        lost=(Clause("one instance took {hottest_share} of the requests of {nat_users} users behind one office "
-                     "address (fair share {fair_share}): p50 {hot_p50_ms} there, {rest_p50_ms} elsewhere",
-                     when="max_mean_ratio", broken=True),
+        lost=(Clause("one instance took {hottest_share} of the office's requests (fair share {fair_share}), "
+                     "p50 {hot_p50_ms} there vs {rest_p50_ms} elsewhere", when="max_mean_ratio", broken=True),
               Clause("{users_logged_out} users logged out"), Clause("{failed_requests} requests failed")),
         fine="evenly spread (busiest instance {hottest_share})"),
     "local-disk-upload": Story(
