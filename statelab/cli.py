@@ -215,13 +215,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from statelab.runner import RunOptions, run_from_cli
+    from statelab.runner import RunOptions, find_scenarios, run_from_cli
 
-    run_dir = _make_run_dir(args.run_dir or _default_run_dir(f"run-{args.scenario}"))
-    for flag, path in (("--json", args.json_path), ("--junit", args.junit), ("--html", args.html)):
-        _check_writable(flag, path)
+    find_scenarios(args.scenario)  # an unknown name fails here, before anything is created
     if args.target:
         _check_target(args.target)
+    for flag, path in (("--json", args.json_path), ("--junit", args.junit), ("--html", args.html)):
+        _check_writable(flag, path)
+    run_dir = _make_run_dir(args.run_dir or _default_run_dir(f"run-{args.scenario}"))
     opts = RunOptions(scenario=args.scenario, app=args.app, quick=args.quick, seed=args.seed, users=args.users,
                       lb=args.lb, json_path=args.json_path, junit_path=args.junit, html_path=args.html,
                       run_dir=run_dir, target=args.target, target_admin=args.target_admin)
