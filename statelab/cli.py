@@ -256,9 +256,11 @@ def _check_writable(flag: str, path: Path | None) -> None:
 
 
 def _check_target(url: str) -> None:
-    """Fail early unless --target is an http(s)://HOST:PORT URL that answers."""
-    from statelab.loadgen import check_answers
+    """Fail early unless --target is an http(s)://HOST:PORT URL.
 
+    One that does not answer is left to the run: its cases end as `error` results in the journal,
+    each saying the users got no answer (what CI reads).
+    """
     parts = urlsplit(url)
     try:
         port_ok = parts.port is not None or parts.scheme in ("http", "https")
@@ -266,7 +268,6 @@ def _check_target(url: str) -> None:
         port_ok = False
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
         raise ConfigError(f"--target must be the balancer's URL, like http://127.0.0.1:8000, not {url!r}")
-    check_answers(url)
 
 
 def _port_busy(port: int, host: str = LOOPBACK_HOST) -> bool:

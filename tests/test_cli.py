@@ -69,16 +69,6 @@ def test_mistakes_get_a_message_and_exit_2(args: tuple[str, ...], message: str, 
     assert "hunter2" not in result.stdout + result.stderr
 
 
-def test_a_target_that_does_not_answer_is_refused_before_running(tmp_path: Path) -> None:
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result = _statelab("run", "local-disk-upload", "--app", "stateful", "--quick", "--target",
-                       f"http://127.0.0.1:{port}", cwd=tmp_path)
-    assert result.returncode == 2 and f"nothing answers at http://127.0.0.1:{port}" in _said(result)
-    assert "Traceback" not in result.stderr
-
-
 def test_up_on_a_busy_port_names_the_way_out_and_starts_nothing(busy_port: int, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     t0 = time.monotonic()
