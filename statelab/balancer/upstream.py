@@ -151,7 +151,8 @@ class Upstream(asyncio.Protocol):
             log.info("backend %s closed an idle keep-alive connection as we used it: retrying", self.backend.id)
             c.retry(ex, stale=self.backend)
             return
-        ex.fail(502, f"backend {self.backend.id} closed the connection before the response was complete")
+        how = "reset" if exc is not None else "closed"
+        ex.fail(502, f"backend {self.backend.id} {how} the connection before the response was complete")
 
     def _salvage(self) -> None:
         """Relay what the backend sent before a write error ended the connection: often its early answer.
