@@ -111,6 +111,18 @@ SMUGGLING = {
     "too-many-headers": b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n",
 }
 
+# Requests sent in one write: every one must be answered, in order (paths /p0, /p1, ...).
+PIPELINES = {
+    "gets": b"".join(b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(4)),
+    "bodies-between": (b"GET /p0 HTTP/1.1\r\nHost: a\r\n\r\n"
+                       b"POST /p1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+                       b"POST /p2 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+                       b"GET /p3 HTTP/1.1\r\nHost: a\r\n\r\n"),
+    "http10-and-keep-alive": (b"GET /p0 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+                              b"GET /p1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
+                              b"GET /p2 HTTP/1.1\r\nHost: a\r\n\r\n"),
+}
+
 
 def start_backend(stack: ExitStack, run_dir: Path, backend_id: str) -> str:
     """Start one test backend; return its HOST:PORT."""
@@ -154,7 +166,8 @@ def start_balancer(stack: ExitStack, run_dir: Path, backends: list[tuple[str, st
     opts = {"port": port, "backends": tuple(backends), "policy": policy, "admin_port": admin_port,
             "health_interval_s": 0.2, **options}
     BalancerOptions(**opts)  # type-check the options here, not in the child
-    code = ("from statelab.balancer.options import BalancerOptions; from statelab.balancer.server import serve_forever; "
+    code = ("from statelab.balancer.options import BalancerOptions\n"
+            "from statelab.balancer.server import serve_forever\n"
             f"serve_forever(BalancerOptions(**{opts!r}))")
     proc = ManagedProcess(f"lb-{port}", [sys.executable, "-c", code], run_dir / f"lb-{port}.log",
                           probe=http_probe(f"http://127.0.0.1:{admin_port}/healthz", lambda s: s == 200))

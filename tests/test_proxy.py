@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import pytest
 import requests
-from proxy_kit import SMUGGLING, TIMEOUT_S, Lab, answers, raw_exchange, start_backend, start_balancer
+from proxy_kit import PIPELINES, SMUGGLING, TIMEOUT_S, Lab, answers, raw_exchange, start_backend, start_balancer
 
 from statelab.procs import free_port
 
@@ -425,18 +425,6 @@ def test_our_own_answer_to_a_request_still_sending_its_body_is_read_not_reset(la
     (answer,) = answers(reply)
     assert answer.status == 400 and answer.headers["x-served-by"] == "balancer"
     assert json.loads(answer.body) == {"error": "both Content-Length and Transfer-Encoding"}
-
-
-PIPELINES = {
-    "gets": b"".join(b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(4)),
-    "bodies-between": (b"GET /p0 HTTP/1.1\r\nHost: a\r\n\r\n"
-                       b"POST /p1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
-                       b"POST /p2 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
-                       b"GET /p3 HTTP/1.1\r\nHost: a\r\n\r\n"),
-    "http10-and-keep-alive": (b"GET /p0 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
-                              b"GET /p1 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"
-                              b"GET /p2 HTTP/1.1\r\nHost: a\r\n\r\n"),
-}
 
 
 @pytest.mark.parametrize("name", PIPELINES)
