@@ -42,6 +42,8 @@ class P(asyncio.Protocol):
         self.body += len(b); self.pieces += 1; self.biggest = max(self.biggest, len(b))
     def on_headers_complete(self):
         if self.url.startswith(b"/die-before"): os._exit(1)
+        if ("Expect", "100-continue") in self.headers:
+            self.t.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if self.url.startswith(b"/early-keep"):  # like gunicorn's 401: answer at once, keep reading the body
             self.answered = True
             self.t.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from statelab.balancer.framing import (BadRequest, ChunkTracker, body_framing, check_head, check_host,
-                                       edit_response_head, error_response, final_head, header_spans, is_idempotent,
-                                       response_status)
+                                       edit_response_head, error_response, header_spans, is_idempotent, response_status,
+                                       split_interim)
 
 
 def framing_of(head: bytes) -> tuple[int, bool]:
@@ -106,12 +106,14 @@ def test_error_answers_have_the_apps_json_shape_and_say_who_answered() -> None:
         assert json.loads(body) == {"error": f"why {status}"}
 
 
-def test_final_head_skips_interim_responses() -> None:
-    raw = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    start, end = final_head(raw)  # type: ignore[misc]
-    assert raw[start:end] == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n"
-    assert final_head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n") is None
-    assert response_status(raw[start:end]) == 200 and response_status(b"garbage") == 0
+def test_interim_responses_are_split_off_complete_ones_only() -> None:
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    assert split_interim(final) == (b"", final)
+    interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+    assert split_interim(interim + final) == (interim, final)
+    assert split_interim(interim + b"HTTP/1.1 100 Cont") == (interim, b"HTTP/1.1 100 Cont")
+    assert split_interim(b"HTTP/1.1 1") == (b"", b"HTTP/1.1 1")
+    assert response_status(final) == 200 and response_status(b"garbage") == 0
 
 
 def test_response_head_edits() -> None:

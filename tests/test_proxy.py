@@ -414,6 +414,18 @@ def test_an_answer_before_a_reset_reaches_the_client_20_of_20(lab: Lab) -> None:
     assert all(b["active"] == 0 for b in lab.backends().values())
 
 
+def test_100_continue_reaches_the_client_before_the_body_is_sent(lab: Lab) -> None:
+    with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"  # relayed at once, not held with the final head
+        s.sendall(b"hello")
+        reply = b""
+        while b"}" not in reply:
+            reply += s.recv(65536)
+    (answer,) = answers(reply)
+    assert answer.status == 200 and json.loads(answer.body)["body"] == 5
+
+
 def test_our_own_answer_to_a_request_still_sending_its_body_is_read_not_reset(lab: Lab) -> None:
     body = b"\0" * (4 << 20)
     head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(body)

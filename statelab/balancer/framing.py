@@ -154,16 +154,15 @@ class ChunkTracker:
         return -1
 
 
-def final_head(buf: bytes) -> tuple[int, int] | None:
-    """Return (start, end) of the first non-1xx response head in buf, or None if incomplete."""
+def split_interim(buf: bytes) -> tuple[bytes, bytes]:
+    """Split off the complete interim (1xx) response heads at the start of buf: (interim heads, the rest)."""
     pos = 0
-    while True:
+    while buf[pos + 9:pos + 10] == b"1":
         e = buf.find(b"\r\n\r\n", pos)
         if e < 0:
-            return None
-        if buf[pos + 9:pos + 10] != b"1":
-            return pos, e + 4
+            break
         pos = e + 4
+    return buf[:pos], buf[pos:]
 
 
 def response_status(head: bytes) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 from httptools import HttpParserError, HttpParserUpgrade
 
-from statelab.balancer.framing import edit_response_head, final_head, response_status
+from statelab.balancer.framing import edit_response_head, response_status, split_interim
 from statelab.balancer.pool import Backend
 
 if TYPE_CHECKING:
@@ -92,33 +92,36 @@ class Upstream(asyncio.Protocol):
             ex.finish()
 
     def _head(self, data: bytes, ex: Exchange) -> bytes | None:
-        """Edit the final response head (Set-Cookie, Connection: close) and/or end a HEAD response at its head."""
-        buf = self.hold + data
-        fh = final_head(buf)
-        if fh is None:
+        """Edit the final response head (Set-Cookie, Connection: close) and/or end a HEAD response at its head.
+
+        Return the bytes to relay: interim responses (100 Continue) pass at once, the final head
+        once it is complete; None when there is nothing to relay yet, or the exchange ended here.
+        """
+        interim, buf = split_interim(self.hold + data)
+        end = buf.find(b"\r\n\r\n") + 4
+        if end < 4 or buf[9:10] == b"1":  # the final head is not complete yet
             if len(buf) > MAX_RESPONSE_HEAD_BYTES:
                 ex.fail(502, "response head too large")
-            else:
-                self.hold = buf
-            return None
+                return None
+            self.hold = buf
+            return interim or None
         self.hold = b""
         self.special = False
-        start, end = fh
         c = ex.client
         if c.chunks is not None or c.body_left > EARLY_KEEP_ALIVE_MAX_BYTES:
             ex.closing = True  # an early answer with much (or an unknown amount) of the body still to come
         if ex.cookie or ex.closing:
-            head = edit_response_head(buf[start:end], ex.cookie, ex.closing)
-            buf = buf[:start] + head + buf[end:]
-            end = start + len(head)
+            head = edit_response_head(buf[:end], ex.cookie, ex.closing)
+            buf = head + buf[end:]
+            end = len(head)
         if not ex.head_only:
-            return buf
+            return interim + buf
         # A backend that wrongly sends a body after a HEAD response may send it in a later segment,
         # where it would pass for the next client's response: never reuse a connection after HEAD.
-        self.status = response_status(buf[start:end])
+        self.status = response_status(buf[:end])
         self.lost = True
-        ex.nbytes += end
-        c.transport.write(buf[:end])
+        ex.nbytes += len(interim) + end
+        c.transport.write(interim + buf[:end])
         ex.finish()
         return None
 
