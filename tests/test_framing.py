@@ -8,7 +8,7 @@ import pytest
 
 from statelab.balancer.framing import (BadRequest, ChunkTracker, body_framing, check_head, check_host,
                                        edit_response_head, error_response, header_spans, is_idempotent, response_status,
-                                       split_interim)
+                                       routing, split_interim)
 
 
 def framing_of(head: bytes) -> tuple[int, bool]:
@@ -129,3 +129,15 @@ def test_response_head_edits() -> None:
 def test_only_idempotent_methods_may_be_sent_twice() -> None:
     assert is_idempotent(b"GET / HTTP/1.1") and is_idempotent(b"PUT /x HTTP/1.1")
     assert not is_idempotent(b"POST /login HTTP/1.1") and not is_idempotent(b"PATCH /x HTTP/1.1")
+
+
+def test_routing_key_and_sticky_cookie() -> None:
+    head = (b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 198.51.100.7, 10.0.0.1\r\n"
+            b"Cookie: a=1; LAB_BACKEND=app-2; b=2\r\n\r\n")
+    assert routing(head, head.lower(), "127.0.0.1", False, False) == ("127.0.0.1", None, head)
+    key, sticky, forwarded = routing(head, head.lower(), "127.0.0.1", True, True)
+    assert (key, sticky) == ("198.51.100.7", "app-2")
+    assert forwarded == head.replace(b"a=1; LAB_BACKEND=app-2; b=2", b"a=1; b=2")  # indirect: the backend never sees it
+    only_ours = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: LAB_BACKEND=app-1\r\n\r\n"
+    assert routing(only_ours, only_ours.lower(), "127.0.0.1", False, True) == (
+        "127.0.0.1", "app-1", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")

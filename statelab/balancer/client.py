@@ -24,8 +24,7 @@ from httptools import HttpParserError, HttpParserUpgrade
 
 from statelab.balancer.exchange import Exchange, record_answer
 from statelab.balancer.framing import (BadRequest, ChunkTracker, body_framing, check_head, check_host, error_response,
-                                       header_spans, is_idempotent)
-from statelab.balancer.policies import COOKIE_NAME
+                                       is_idempotent, routing, sticky_cookie)
 from statelab.balancer.pool import Backend
 from statelab.balancer.upstream import Upstream
 
@@ -43,7 +42,6 @@ DRAIN, LINGER = 1, 2  # drop the rest of an early-answered body, then go on; dro
 # backend may be closing it (gunicorn's keep-alive timeout is 2 s by default), and such a request
 # cannot be retried. Bodiless requests take any idle connection and are retried on a fresh one.
 UNSAFE_REUSE_MAX_IDLE_S = 1.0
-_COOKIE = COOKIE_NAME.encode()
 
 
 class Client(asyncio.Protocol):
@@ -187,7 +185,7 @@ class Client(asyncio.Protocol):
                 self.body_left = cl if cl > 0 else 0
                 self.chunks = ChunkTracker() if chunked else None
                 part, rest = self.take_body(rest)
-            key, sticky, head = self._route_headers(head, low)
+            key, sticky, head = routing(head, low, self.ip, bal.opts.trust_forwarded_for, bal.policy.sticky)
         except BadRequest as exc:
             return self.reject(exc.status, str(exc), line)
         except HttpParserError as exc:
@@ -205,7 +203,7 @@ class Client(asyncio.Protocol):
         if policy.sticky:
             be, must_set = policy.pick_sticky(el, key, sticky)  # type: ignore[attr-defined]
             if must_set:
-                cookie = b"Set-Cookie: " + _COOKIE + b"=" + be.id.encode() + b"; path=/\r\n"
+                cookie = sticky_cookie(be.id)
         else:
             be = policy.pick(el, key)
         out = head[:-2] + self.xff
@@ -226,31 +224,6 @@ class Client(asyncio.Protocol):
         if self.t_idle and self.t_head < self.t_idle:
             self.t_head = _now()  # the first piece of the next head on a keep-alive connection
         self.buf = data
-
-    def _route_headers(self, head: bytes, low: bytes) -> tuple[str, str | None, bytes]:
-        """Return the routing key, the sticky cookie's backend id and the head to forward (our cookie removed)."""
-        bal = self.bal
-        key = self.ip
-        sticky = None
-        if bal.opts.trust_forwarded_for:
-            spans = header_spans(low, b"x-forwarded-for")
-            if spans:
-                s, e = spans[0]
-                first = head[s:e].split(b",", 1)[0].strip()
-                if first:
-                    key = first.decode("latin-1")
-        if bal.policy.sticky:
-            for s, e in reversed(header_spans(low, b"cookie")):
-                pairs = [p.strip() for p in head[s:e].split(b";")]
-                ours = [p for p in pairs if p.partition(b"=")[0] == _COOKIE]
-                if not ours:
-                    continue
-                sticky = ours[-1].partition(b"=")[2].decode("latin-1")
-                kept = b"; ".join(p for p in pairs if p and p.partition(b"=")[0] != _COOKIE)
-                line_start = s - len(b"cookie:") - 2
-                replacement = b"\r\nCookie: " + kept if kept else b""
-                head = head[:line_start] + replacement + head[e:]
-        return key, sticky, head
 
     def take_body(self, data: bytes) -> tuple[bytes, bytes]:
         """Split data into (the current request's body bytes, what follows); llhttp must agree on the end."""
@@ -378,7 +351,7 @@ class Client(asyncio.Protocol):
             policy = self.bal.policy
             if policy.sticky:
                 be, _ = policy.pick_sticky(el, self.ip, None)  # type: ignore[attr-defined]
-                ex.cookie = b"Set-Cookie: " + _COOKIE + b"=" + be.id.encode() + b"; path=/\r\n"
+                ex.cookie = sticky_cookie(be.id)
             else:
                 be = policy.pick(el, self.ip)
         idle = be.idle

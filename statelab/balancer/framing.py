@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from statelab.balancer.policies import COOKIE_NAME
+
 REASONS = {400: "Bad Request", 408: "Request Timeout", 413: "Content Too Large",
            431: "Request Header Fields Too Large", 501: "Not Implemented", 502: "Bad Gateway",
            503: "Service Unavailable", 504: "Gateway Timeout"}
@@ -19,6 +21,7 @@ MAX_TRAILERS = 32
 MAX_CONTENT_LENGTH_DIGITS = 18  # 10**18 bytes: anything longer does not fit the balancer's counters
 SERVED_BY = b"X-Served-By: balancer\r\n"
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_COOKIE = COOKIE_NAME.encode()
 
 
 class BadRequest(Exception):
@@ -89,6 +92,42 @@ def body_framing(low: bytes, head: bytes) -> tuple[int, bool]:
             raise BadRequest(413, "Content-Length too large")
         return int(v), False
     return -1, False
+
+
+def routing(head: bytes, low: bytes, ip: str, trust_forwarded_for: bool, sticky_policy: bool
+            ) -> tuple[str, str | None, bytes]:
+    """Return (routing key, backend id named by our sticky cookie, head to forward without that cookie).
+
+    The key is the client's address, or the first X-Forwarded-For entry when trusted. With a
+    sticky policy, the balancer's own cookie is read and taken out of the forwarded Cookie header
+    (HAProxy's `indirect`): the backend never sees it.
+    """
+    key = ip
+    sticky = None
+    if trust_forwarded_for:
+        spans = header_spans(low, b"x-forwarded-for")
+        if spans:
+            s, e = spans[0]
+            first = head[s:e].split(b",", 1)[0].strip()
+            if first:
+                key = first.decode("latin-1")
+    if sticky_policy:
+        for s, e in reversed(header_spans(low, b"cookie")):
+            pairs = [p.strip() for p in head[s:e].split(b";")]
+            ours = [p for p in pairs if p.partition(b"=")[0] == _COOKIE]
+            if not ours:
+                continue
+            sticky = ours[-1].partition(b"=")[2].decode("latin-1")
+            kept = b"; ".join(p for p in pairs if p and p.partition(b"=")[0] != _COOKIE)
+            line_start = s - len(b"cookie:") - 2
+            replacement = b"\r\nCookie: " + kept if kept else b""
+            head = head[:line_start] + replacement + head[e:]
+    return key, sticky, head
+
+
+def sticky_cookie(backend_id: str) -> bytes:
+    """Return the Set-Cookie line (CRLF-terminated) that pins a client to backend_id."""
+    return b"Set-Cookie: " + _COOKIE + b"=" + backend_id.encode() + b"; path=/\r\n"
 
 
 def is_idempotent(line: bytes) -> bool:
