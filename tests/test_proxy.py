@@ -157,7 +157,7 @@ def test_backend_dying_gives_502_json_or_a_closed_connection(tmp_path: Path) -> 
         lab = start_balancer(stack, tmp_path, victims, health_interval_s=0.2)
         t0 = time.monotonic()
         r = requests.post(lab.url + "/die-before", data=b"x", timeout=TIMEOUT_S)
-        assert r.status_code == 502 and "error" in r.json()
+        assert r.status_code == 502 and "error" in r.json() and r.headers["X-Served-By"] == "balancer"
         with pytest.raises(requests.RequestException):  # headers were relayed: the client sees a cut
             requests.get(lab.url + "/die-mid", timeout=TIMEOUT_S).content
         assert time.monotonic() - t0 < TIMEOUT_S
@@ -176,7 +176,7 @@ def test_silent_backend_gives_504(backends: list[tuple[str, str]], tmp_path: Pat
         lab = start_balancer(stack, tmp_path, backends, backend_timeout_s=0.5)
         t0 = time.monotonic()
         r = requests.get(lab.url + "/slow?sleep=3", timeout=TIMEOUT_S)
-        assert r.status_code == 504 and "error" in r.json()
+        assert r.status_code == 504 and "error" in r.json() and r.headers["X-Served-By"] == "balancer"
         assert time.monotonic() - t0 < 2.0
         assert requests.get(lab.url + "/fast", timeout=TIMEOUT_S).status_code == 200
 
@@ -283,7 +283,7 @@ def test_stalled_upload_times_out(lab: Lab) -> None:
         t0 = time.monotonic()
         s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-a-little")
         reply = s.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert reply.startswith(b"HTTP/1.1 408") and b"\r\nX-Served-By: balancer\r\n" in reply, reply
         assert time.monotonic() - t0 < 3.0
     assert all(b["active"] == 0 for b in lab.backends().values())
 
@@ -303,7 +303,8 @@ def test_connection_limit_and_idle_keepalive_timeout(backends: list[tuple[str, s
         for s in held:  # two kept-alive clients, each after one request
             s.sendall(b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 200")
-        assert raw_exchange(lab.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").startswith(b"HTTP/1.1 503")
+        (refused,) = answers(raw_exchange(lab.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+        assert (refused.status, refused.headers["x-served-by"]) == (503, "balancer")
         t0 = time.monotonic()
         assert held[0].recv(1) == b""  # the idle keep-alive connection is closed by the balancer
         assert 0.5 < time.monotonic() - t0 < 3.0
