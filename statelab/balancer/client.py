@@ -282,17 +282,22 @@ class Client(asyncio.Protocol):
     def _start(self, be: Backend, line: bytes, first: bytes, req: bytes | None, head_only: bool = False,
                cookie: bytes = b"", has_body: bool = False) -> None:
         """Start the exchange of the current request on be: over an idle connection, or a new one."""
-        idle = be.idle
-        if idle and ((req is not None and is_idempotent(line)) or _now() - idle[-1].t_idle < UNSAFE_REUSE_MAX_IDLE_S):
-            up = idle.pop()
-        else:
-            up = Upstream(be)
+        up = self._upstream(be, safe=req is not None and is_idempotent(line))
         ex = Exchange(self, be, up, line, req)
         ex.has_body = has_body
         ex.head_only = head_only
         ex.cookie = cookie
         up.special = has_body or head_only or bool(cookie)
         self._send(ex, up, first)
+
+    @staticmethod
+    def _upstream(be: Backend, safe: bool) -> Upstream:
+        """Return an idle connection to be, or a new one; a request that cannot be retried (safe is false)
+        takes only a connection idle for less than UNSAFE_REUSE_MAX_IDLE_S."""
+        idle = be.idle
+        if idle and (safe or _now() - idle[-1].t_idle < UNSAFE_REUSE_MAX_IDLE_S):
+            return idle.pop()
+        return Upstream(be)
 
     def _send(self, ex: Exchange, up: Upstream, first: bytes) -> None:
         if up.transport is None:
@@ -354,8 +359,7 @@ class Client(asyncio.Protocol):
                 ex.cookie = sticky_cookie(be.id)
             else:
                 be = policy.pick(el, self.ip)
-        idle = be.idle
-        up = idle.pop() if idle and stale is None else Upstream(be)
+        up = Upstream(be) if stale is not None else self._upstream(be, not ex.has_body and is_idempotent(ex.line))
         ex.move(be, up)
         self._send(ex, up, ex.req)
 
