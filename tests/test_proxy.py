@@ -427,6 +427,19 @@ def test_100_continue_reaches_the_client_before_the_body_is_sent(lab: Lab) -> No
     assert answer.status == 200 and json.loads(answer.body)["body"] == 5
 
 
+def test_after_an_error_answer_to_a_body_the_backend_connection_is_not_reused(backends: list[tuple[str, str]],
+                                                                              tmp_path: Path) -> None:
+    # The backend answers 413 keep-alive before reading the body, which all went out before the answer
+    # came back, then closes while draining it: the next request must not ride that connection.
+    with ExitStack() as stack:
+        lab = start_balancer(stack, tmp_path, backends[:1])
+        with requests.Session() as s:
+            for i in range(10):
+                assert s.post(lab.url + "/answer-unread", data=b"\0" * (200 << 10), timeout=TIMEOUT_S).status_code == 413
+                r = s.post(lab.url + f"/after-{i}", data=b"x", timeout=TIMEOUT_S)
+                assert r.status_code == 200 and r.json()["path"] == f"/after-{i}"
+
+
 def test_our_own_answer_to_a_request_still_sending_its_body_is_read_not_reset(lab: Lab) -> None:
     body = b"\0" * (4 << 20)
     head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(body)

@@ -110,6 +110,11 @@ class Upstream(asyncio.Protocol):
         c = ex.client
         if c.chunks is not None or c.body_left > EARLY_KEEP_ALIVE_MAX_BYTES:
             ex.closing = True  # an early answer with much (or an unknown amount) of the body still to come
+        if ex.has_body and response_status(buf[:end]) >= 400:
+            # The backend may have answered without reading the body, even if all of it went out before
+            # the answer came back, and then close this connection although it said keep-alive
+            # (gunicorn does when more than 64 KiB are left to drain): a request sent on it would be lost.
+            self.lost = True
         if ex.cookie or ex.closing:
             head = edit_response_head(buf[:end], ex.cookie, ex.closing)
             buf = head + buf[end:]
