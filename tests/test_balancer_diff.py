@@ -135,7 +135,7 @@ def test_an_early_answer_with_a_big_unsent_body_does_not_stall_another_login(app
     got = app_pair.each(probe)
     early, login, took = got["builtin"]  # type: ignore[misc]
     assert (early, login) == (401, 200), got
-    assert took < 3.0, got  # at once; the old builtin waited for gunicorn's 5 s keep-alive timeout, then 502
+    assert took < 4.5, got  # not held up: the old builtin waited for gunicorn's 5 s keep-alive timeout, then 502
 
 
 def test_an_oversized_upload_gets_413_every_time(app_pair: Pair, username: str) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from statelab.balancer.framing import (BadRequest, ChunkTracker, body_framing, check_head, check_host,
                                        edit_response_head, error_response, header_spans, is_idempotent, response_status,
-                                       routing, split_interim)
+                                       routing, says_keep_alive, split_interim)
 
 
 def framing_of(head: bytes) -> tuple[int, bool]:
@@ -141,3 +141,15 @@ def test_routing_key_and_sticky_cookie() -> None:
     only_ours = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: LAB_BACKEND=app-1\r\n\r\n"
     assert routing(only_ours, only_ours.lower(), "127.0.0.1", False, True) == (
         "127.0.0.1", "app-1", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
+@pytest.mark.parametrize(("head", "expected"), [
+    ("get / http/1.1\r\nhost: a\r\nconnection: keep-alive\r\n\r\n", True),
+    ("get / http/1.1\r\nhost: a\r\nconnection:keep-alive \r\n\r\n", True),
+    ("get / http/1.1\r\nhost: a\r\n\r\n", False),
+    ("get / http/1.1\r\nhost: a\r\nconnection: close\r\n\r\n", False),
+    ("get / http/1.1\r\nhost: a\r\nconnection: keep-alive, upgrade\r\n\r\n", False),
+    ("get / http/1.1\r\nhost: a\r\nconnection: keep-alive\r\nconnection: close\r\n\r\n", False),
+])
+def test_only_a_plain_keep_alive_connection_header_may_take_the_fast_path(head: str, expected: bool) -> None:
+    assert says_keep_alive(head) is expected

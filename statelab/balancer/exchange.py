@@ -56,9 +56,7 @@ class Exchange:
         backend.requests += 1
         client.ex = self
         up.ex = self
-        up.done = False
-        up.status = 0
-        up.special = False
+        up.done = False  # (an idle connection has `special` false: the general path sets it when needed)
 
     def finish(self) -> None:
         """The response is complete: count it, reuse or close the backend connection, go on with the client."""
@@ -101,7 +99,7 @@ class Exchange:
         c = self.client
         c.ex = None
         if self.nbytes:
-            self._record(self.up.status, self.nbytes)
+            self._record(0, self.nbytes)  # cut in the middle of the response
             c.transport.close()
         else:
             self._record(status, 0)
@@ -124,7 +122,6 @@ class Exchange:
         self.retried = True
         up.ex = self
         up.done = False
-        up.status = 0
         up.special = self.has_body or self.head_only or bool(self.cookie)
 
     def _drop_upstream(self) -> None:

@@ -69,6 +69,15 @@ def check_host(low: bytes, line: bytes) -> None:
         raise BadRequest(400, "HTTP/1.1 request without a Host header")
 
 
+def says_keep_alive(low: str) -> bool:
+    """Return whether a lower-cased HTTP/1.1 head has one Connection header and it says only keep-alive.
+
+    Such a head (what python-requests sends) changes nothing in HTTP/1.1 and may take the fast path.
+    """
+    i = low.find("\r\nconnection:") + 13
+    return i > 12 and low.find("\r\nconnection:", i) < 0 and low[i:low.find("\r\n", i)].strip(" \t") == "keep-alive"
+
+
 def body_framing(low: bytes, head: bytes) -> tuple[int, bool]:
     """Return (content length or -1, chunked) by our own reading of a lower-cased head; BadRequest if ambiguous."""
     te = header_spans(low, b"transfer-encoding")
