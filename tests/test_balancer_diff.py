@@ -23,11 +23,11 @@ from typing import Callable, Iterator
 
 import pytest
 import requests
-from proxy_kit import (PIPELINES, SMUGGLING, TIMEOUT_S, answers, raw_exchange, start_backend, start_balancer,
-                       start_haproxy)
 
 from statelab import services
 from statelab.config import BackingUrls
+from tests.support.balancers import (PIPELINES, SMUGGLING, TIMEOUT_S, answers, raw_exchange, start_backend,
+                                     start_balancer, start_haproxy)
 
 pytestmark = [pytest.mark.live, pytest.mark.haproxy,
               pytest.mark.skipif(shutil.which("haproxy") is None,

@@ -13,9 +13,10 @@ from typing import Any, Iterator
 
 import pytest
 import requests
-from proxy_kit import PIPELINES, SMUGGLING, TIMEOUT_S, Lab, answers, raw_exchange, start_backend, start_balancer
 
 from statelab.procs import free_port
+from tests.support.balancers import (PIPELINES, SMUGGLING, TIMEOUT_S, Lab, answers, raw_exchange, start_backend,
+                                     start_balancer)
 
 pytestmark = pytest.mark.live
 

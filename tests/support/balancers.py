@@ -1,7 +1,7 @@
 """What the balancer tests share: a misbehaving test backend, both balancers as real processes, raw probes.
 
-Not a test module: `test_proxy.py` (the builtin balancer end to end) and `test_balancer_diff.py`
-(the builtin one against HAProxy, probe by probe) import from here.
+`test_proxy.py` (the builtin balancer end to end) and `test_balancer_diff.py` (the builtin one
+against HAProxy, probe by probe) import from here.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import httptools
 import psutil
 import requests
 
-from statelab.balancer.haproxy import render_config
 from statelab.balancer.options import BalancerOptions
+from statelab.engines.haproxy import render_config
 from statelab.procs import ManagedProcess, free_port, http_probe, tcp_probe
+from tests.support import backends
 
 TIMEOUT_S = 5.0
 
@@ -139,13 +140,8 @@ PIPELINES = {
 
 
 def start_backend(stack: ExitStack, run_dir: Path, backend_id: str) -> str:
-    """Start one test backend; return its HOST:PORT."""
-    port = free_port()
-    proc = ManagedProcess(backend_id, [sys.executable, "-c", BACKEND_SRC, str(port), backend_id],
-                          run_dir / f"{backend_id}.log", probe=tcp_probe("127.0.0.1", port))
-    stack.callback(proc.stop)
-    proc.start().wait_ready(10)
-    return f"127.0.0.1:{port}"
+    """Start one misbehaving test backend (BACKEND_SRC); return its HOST:PORT."""
+    return backends.start_backend(stack, run_dir, backend_id, src=BACKEND_SRC)
 
 
 class Lab:
