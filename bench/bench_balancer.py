@@ -7,6 +7,7 @@ app instances instead. Load comes from wrk when installed, else a built-in close
 
     python bench/bench_balancer.py                      # ~50 s
     python bench/bench_balancer.py --duration 3 --rounds 1 --profile
+    python bench/bench_balancer.py --calls --no-haproxy --rounds 1   # also count calls per request
     python bench/bench_balancer.py --backend http://127.0.0.1:8001 --backend http://127.0.0.1:8002 --path /healthz
     python bench/bench_balancer.py --backend URL1 --backend URL2 --connections 8 --path /cart --login user0001
 """
@@ -15,20 +16,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import pstats
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from statelab.balancer.options import BalancerOptions
+from statelab.balancer.server import Balancer
 from statelab.engines.haproxy import render_config
 from statelab.procs import ManagedProcess, free_port, http_probe, tcp_probe
 from statelab.seed import SEED_PASSWORD
@@ -217,6 +223,58 @@ def print_profile(path: Path, top: int = 18) -> None:
     stats.sort_stats("tottime").print_stats(top)
 
 
+def count_calls(backends: list[str], n: int = 2000) -> tuple[float, float]:
+    """Count the calls the balancer makes per keep-alive GET: (all calls, Python functions among them).
+
+    Deterministic where req/s on a shared machine is not: the balancer runs in a thread of this
+    process under sys.setprofile, a blocking client sends n sequential GETs over one connection.
+    Counts Python functions and builtins; methods of Cython types (llhttp, uvloop) are not seen.
+    """
+    import uvloop
+
+    port = free_port()
+    opts = BalancerOptions(port=port, backends=tuple((f"app-{i}", a) for i, a in enumerate(backends, 1)),
+                           policy="round-robin", admin_port=None, health_interval_s=60.0)
+    counts: collections.Counter[str] = collections.Counter()
+    counting, ready = threading.Event(), threading.Event()
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        if counting.is_set() and event in ("call", "c_call"):
+            counts[event] += 1
+
+    loop = uvloop.new_event_loop()
+
+    def serve() -> None:
+        bal = Balancer(opts)
+        loop.run_until_complete(bal.start())
+        ready.set()
+        sys.setprofile(profile)
+        loop.run_forever()
+        sys.setprofile(None)
+        loop.run_until_complete(bal.shutdown())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(10)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        def get() -> None:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: bench\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got or not got.endswith(b"\n"):
+                got += s.recv(65536)
+
+        for _ in range(100):
+            get()
+        counting.set()
+        for _ in range(n):
+            get()
+        counting.clear()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    return (counts["call"] + counts["c_call"]) / n, counts["call"] / n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per measurement (default 2)")
@@ -230,6 +288,7 @@ def main() -> int:
                     "the stateless app, whose sessions every instance can read)")
     ap.add_argument("--no-haproxy", action="store_true")
     ap.add_argument("--profile", action="store_true", help="also run the builtin balancer under cProfile")
+    ap.add_argument("--calls", action="store_true", help="also count the builtin balancer's calls per request")
     args = ap.parse_args()
     if args.login:
         if not args.backend:
@@ -289,6 +348,10 @@ def main() -> int:
             for name in ("statelab (uvloop)", "statelab (asyncio)"):
                 eff = f"{cpu['haproxy'] / cpu[name]:.2f}x" if name in cpu and "haproxy" in cpu else "-"
                 print(f"  {name:<20} throughput {med[name] / med['haproxy']:.2f}x   efficiency {eff}")
+        if args.calls:
+            calls, functions = count_calls(backends)
+            print(f"\ncalls per keep-alive GET in the builtin balancer: {calls:.1f} ({functions:.1f} of them Python "
+                  f"functions; sys.setprofile, llhttp and uvloop methods not seen)")
         if args.profile:
             prof = run_dir / "builtin.prof"
             with ExitStack() as pstack:

@@ -378,7 +378,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_lb(args: argparse.Namespace) -> int:
-    from statelab.balancer.proxy import BalancerOptions, serve_forever
+    from statelab.balancer.options import BalancerOptions
+    from statelab.balancer.server import serve_forever
 
     backends = parse_backends(args.backend)
     if args.policy not in POLICY_NAMES:

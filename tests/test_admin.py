@@ -10,10 +10,11 @@ import pytest
 import requests
 
 from statelab.balancer.admin import AdminError, handle
+from statelab.balancer.options import BalancerOptions
+from statelab.balancer.records import RecordRing
+from statelab.balancer.server import Balancer
 from statelab.engines import BackendStatus, Record, make_engine
 from statelab.engines.builtin import BuiltinEngine
-from statelab.balancer.proxy import Balancer, BalancerOptions
-from statelab.balancer.records import RecordRing
 from statelab.errors import ConfigError, ControlError
 from statelab.procs import free_port
 from tests.support.backends import start_backend

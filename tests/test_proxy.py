@@ -5,118 +5,20 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import sys
 import threading
 import time
 from contextlib import ExitStack, closing
 from pathlib import Path
 from typing import Any, Iterator
 
-import psutil
 import pytest
 import requests
 
-from statelab.balancer.proxy import BalancerOptions
-from statelab.procs import ManagedProcess, free_port, http_probe, tcp_probe
+from statelab.procs import free_port
+from tests.support.balancers import (PIPELINES, SMUGGLING, TIMEOUT_S, Lab, answers, raw_exchange, start_backend,
+                                     start_balancer)
 
 pytestmark = pytest.mark.live
-
-# A tiny HTTP backend: answers with its id and the request headers it saw, plus routes that
-# misbehave on purpose. Run as `python -c BACKEND_SRC PORT ID`.
-BACKEND_SRC = r'''
-import asyncio, json, os, sys, httptools
-PORT, ID = int(sys.argv[1]), sys.argv[2]
-class P(asyncio.Protocol):
-    def connection_made(self, t):
-        self.t = t; self.p = httptools.HttpRequestParser(self)
-    def on_message_begin(self):
-        self.url = b""; self.headers = []; self.body = 0; self.pieces = 0; self.biggest = 0
-    def on_url(self, u): self.url += u
-    def on_header(self, k, v): self.headers.append((k.decode(), v.decode()))
-    def on_body(self, b):
-        self.body += len(b); self.pieces += 1; self.biggest = max(self.biggest, len(b))
-    def on_headers_complete(self):
-        if self.url.startswith(b"/die-before"): os._exit(1)
-    def on_message_complete(self):
-        url = self.url.decode()
-        if url.startswith("/big"):
-            size = int(url.split("mb=")[1]) << 20
-            self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"z" * size)
-            return
-        if url.startswith("/chunked"):
-            self.t.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
-            for part in (b"one,", b"two,", b"three"):
-                self.t.write(b"%x\r\n%s\r\n" % (len(part), part))
-            self.t.write(b"0\r\n\r\n")
-            return
-        if url.startswith("/die-mid"):
-            self.t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial"); os._exit(1)
-        doc = {"id": ID, "path": url, "headers": self.headers, "body": self.body, "pieces": self.pieces,
-               "biggest": self.biggest}
-        delay = float(url.split("sleep=")[1]) if "sleep=" in url else 0.0
-        asyncio.get_running_loop().call_later(delay, self.reply, json.dumps(doc).encode())
-    def reply(self, body):
-        if not self.t.is_closing():
-            self.t.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                         % len(body) + body)
-    def data_received(self, d):
-        try: self.p.feed_data(d)
-        except Exception: self.t.close()
-async def main():
-    srv = await asyncio.get_running_loop().create_server(P, "127.0.0.1", PORT)
-    await srv.serve_forever()
-asyncio.run(main())
-'''
-
-TIMEOUT_S = 5.0
-
-
-def start_backend(stack: ExitStack, run_dir: Path, backend_id: str) -> str:
-    """Start one test backend; return its HOST:PORT."""
-    port = free_port()
-    proc = ManagedProcess(backend_id, [sys.executable, "-c", BACKEND_SRC, str(port), backend_id],
-                          run_dir / f"{backend_id}.log", probe=tcp_probe("127.0.0.1", port))
-    stack.callback(proc.stop)
-    proc.start().wait_ready(10)
-    return f"127.0.0.1:{port}"
-
-
-class Lab:
-    """A running balancer: its URL, admin URL and process."""
-
-    def __init__(self, proc: ManagedProcess, port: int, admin_port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.admin = f"http://127.0.0.1:{admin_port}"
-
-    def backends(self) -> dict[str, dict[str, Any]]:
-        doc = requests.get(self.admin + "/backends", timeout=TIMEOUT_S).json()
-        return {b["id"]: b for b in doc["backends"]}
-
-    def set_state(self, backend_id: str, state: str) -> None:
-        r = requests.put(f"{self.admin}/backends/{backend_id}/state", json={"state": state}, timeout=TIMEOUT_S)
-        assert r.status_code == 200, r.text
-
-    def rss(self) -> int:
-        assert self.proc.pid is not None
-        return int(psutil.Process(self.proc.pid).memory_info().rss)
-
-
-def start_balancer(stack: ExitStack, run_dir: Path, backends: list[tuple[str, str]], policy: str = "round-robin",
-                   **options: Any) -> Lab:
-    """Start the balancer as a child process calling serve_forever(BalancerOptions(...))."""
-    port, admin_port = free_port(), free_port()
-    opts = {"port": port, "backends": tuple(backends), "policy": policy, "admin_port": admin_port,
-            "health_interval_s": 0.2, **options}
-    BalancerOptions(**opts)  # type-check the options here, not in the child
-    code = ("import sys; from statelab.balancer.proxy import BalancerOptions, serve_forever; "
-            f"serve_forever(BalancerOptions(**{opts!r}))")
-    proc = ManagedProcess(f"lb-{port}", [sys.executable, "-c", code], run_dir / f"lb-{port}.log",
-                          probe=http_probe(f"http://127.0.0.1:{admin_port}/healthz", lambda s: s == 200))
-    stack.callback(proc.stop)
-    proc.start().wait_ready(15)
-    return Lab(proc, port, admin_port)
 
 
 @pytest.fixture(scope="module")
@@ -137,18 +39,6 @@ def get_json(conn: http.client.HTTPConnection, path: str, headers: dict[str, str
     conn.request("GET", path, headers=headers or {})
     resp = conn.getresponse()
     return resp, json.loads(resp.read())
-
-
-def raw_exchange(port: int, payload: bytes, timeout_s: float = TIMEOUT_S) -> bytes:
-    """Send raw bytes, return everything received until the balancer closes the connection."""
-    with closing(socket.create_connection(("127.0.0.1", port), timeout=timeout_s)) as s:
-        s.sendall(payload)
-        chunks = []
-        while True:
-            b = s.recv(65536)
-            if not b:
-                return b"".join(chunks)
-            chunks.append(b)
 
 
 def test_each_request_is_routed_on_its_own_over_one_keepalive_connection(lab: Lab) -> None:
@@ -268,7 +158,7 @@ def test_backend_dying_gives_502_json_or_a_closed_connection(tmp_path: Path) -> 
         lab = start_balancer(stack, tmp_path, victims, health_interval_s=0.2)
         t0 = time.monotonic()
         r = requests.post(lab.url + "/die-before", data=b"x", timeout=TIMEOUT_S)
-        assert r.status_code == 502 and "error" in r.json()
+        assert r.status_code == 502 and "error" in r.json() and r.headers["X-Served-By"] == "balancer"
         with pytest.raises(requests.RequestException):  # headers were relayed: the client sees a cut
             requests.get(lab.url + "/die-mid", timeout=TIMEOUT_S).content
         assert time.monotonic() - t0 < TIMEOUT_S
@@ -287,7 +177,7 @@ def test_silent_backend_gives_504(backends: list[tuple[str, str]], tmp_path: Pat
         lab = start_balancer(stack, tmp_path, backends, backend_timeout_s=0.5)
         t0 = time.monotonic()
         r = requests.get(lab.url + "/slow?sleep=3", timeout=TIMEOUT_S)
-        assert r.status_code == 504 and "error" in r.json()
+        assert r.status_code == 504 and "error" in r.json() and r.headers["X-Served-By"] == "balancer"
         assert time.monotonic() - t0 < 2.0
         assert requests.get(lab.url + "/fast", timeout=TIMEOUT_S).status_code == 200
 
@@ -340,37 +230,14 @@ def test_big_download_to_a_slow_client_is_not_buffered(lab: Lab) -> None:
     assert stalled_growth < 8 << 20
 
 
-SMUGGLING = {
-    "cl-and-te": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "differing-cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
-    "cl-list": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\nabcd",
-    "cl-plus": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\nabc",
-    "xchunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n",
-    "chunked-identity": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
-    "identity-chunked": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n",
-    "te-space-before-colon": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
-    "te-obs-fold": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
-    "te-vertical-tab": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \x0bchunked\r\n\r\n0\r\n\r\n",
-    "te-twice": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    "chunk-size-garbage": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
-    "chunk-size-0x": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0x3\r\nabc\r\n0\r\n\r\n",
-    "chunk-size-overflow": (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-                            b"fffffffffffffffff1\r\nabc\r\n0\r\n\r\n"),
-    "chunk-data-too-long": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
-    "bare-lf": b"GET / HTTP/1.1\nHost: a\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-    "lf-in-header": b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
-    "nul-in-header": b"GET / HTTP/1.1\r\nHost: a\x00b\r\n\r\n",
-    "huge-head": b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20000 + b"\r\n\r\n",
-    "too-many-headers": b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(150)) + b"\r\n",
-}
-
-
 @pytest.mark.parametrize("name", SMUGGLING)
 def test_smuggling_shapes_get_400_and_close(lab: Lab, name: str) -> None:
     reply = raw_exchange(lab.port, SMUGGLING[name])
     status = reply.split(b"\r\n", 1)[0]
     assert status.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), reply[:200]
     assert reply.count(b"HTTP/1.1") == 1  # nothing else came back: the connection was closed
+    (answer,) = answers(reply)
+    assert answer.headers["x-served-by"] == "balancer" and "error" in json.loads(answer.body)
     assert requests.get(lab.url + "/still-alive", timeout=TIMEOUT_S).status_code == 200
 
 
@@ -417,7 +284,7 @@ def test_stalled_upload_times_out(lab: Lab) -> None:
         t0 = time.monotonic()
         s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-a-little")
         reply = s.recv(4096)
-        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert reply.startswith(b"HTTP/1.1 408") and b"\r\nX-Served-By: balancer\r\n" in reply, reply
         assert time.monotonic() - t0 < 3.0
     assert all(b["active"] == 0 for b in lab.backends().values())
 
@@ -437,7 +304,8 @@ def test_connection_limit_and_idle_keepalive_timeout(backends: list[tuple[str, s
         for s in held:  # two kept-alive clients, each after one request
             s.sendall(b"GET /k HTTP/1.1\r\nHost: a\r\n\r\n")
             assert s.recv(65536).startswith(b"HTTP/1.1 200")
-        assert raw_exchange(lab.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").startswith(b"HTTP/1.1 503")
+        (refused,) = answers(raw_exchange(lab.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+        assert (refused.status, refused.headers["x-served-by"]) == (503, "balancer")
         t0 = time.monotonic()
         assert held[0].recv(1) == b""  # the idle keep-alive connection is closed by the balancer
         assert 0.5 < time.monotonic() - t0 < 3.0
@@ -475,3 +343,137 @@ def test_sigterm_lets_the_request_in_flight_finish(backends: list[tuple[str, str
         t.join(TIMEOUT_S)
         assert out == {"status": 200}
         assert lab.proc.proc is not None and lab.proc.proc.wait(TIMEOUT_S) == 0
+
+
+# --- framing that cannot desynchronise (issue 9) -----------------------------------------------------
+
+EARLY_HEAD = b"POST /early-keep HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+
+
+def test_an_early_answer_with_a_late_body_does_not_corrupt_the_next_request(backends: list[tuple[str, str]],
+                                                                            tmp_path: Path) -> None:
+    with ExitStack() as stack:  # one backend, so the next request would ride the same backend connection
+        lab = start_balancer(stack, tmp_path, backends[:1])
+        for _ in range(3):
+            with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+                s.sendall(EARLY_HEAD % 24)
+                assert s.recv(65536).startswith(b"HTTP/1.1 401")  # the backend answered before the body came
+                s.sendall(b'{"product_id":1,"qty":1}')
+            (after,) = answers(raw_exchange(lab.port, b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+            assert after.status == 200 and json.loads(after.body)["path"] == "/healthz"
+        assert all(b["active"] == 0 for b in lab.backends().values())
+
+
+def test_an_early_answer_with_a_big_unsent_body_does_not_hold_up_other_clients(backends: list[tuple[str, str]],
+                                                                               tmp_path: Path) -> None:
+    with ExitStack() as stack:
+        lab = start_balancer(stack, tmp_path, backends[:1])
+        with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+            s.sendall(EARLY_HEAD % 2000 + b'{"product_id":1,"qty":1}')  # 1976 bytes never come
+            assert s.recv(65536).startswith(b"HTTP/1.1 401")
+            t0 = time.monotonic()
+            r = requests.post(lab.url + "/login", json={"username": "someone"}, timeout=TIMEOUT_S)
+            assert r.status_code == 200 and r.json()["path"] == "/login"
+            assert time.monotonic() - t0 < TIMEOUT_S / 2  # at once, not after a backend timeout
+
+
+def test_after_an_early_answer_a_small_rest_is_dropped_and_the_connection_goes_on(lab: Lab) -> None:
+    with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+        s.sendall(EARLY_HEAD % 2000)
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 401") and b"connection: close" not in first.lower()
+        s.sendall(b"x" * 2000 + b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")  # the rest of the body, then a request
+        reply = b""
+        while b"/next" not in reply:
+            chunk = s.recv(65536)
+            assert chunk, "the connection was closed"
+            reply += chunk
+        (nxt,) = answers(reply)
+        assert nxt.status == 200 and json.loads(nxt.body)["path"] == "/next"
+
+
+def test_after_an_early_answer_a_big_upload_reads_the_answer_and_a_close(lab: Lab) -> None:
+    size = 11 << 20
+    with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+        s.sendall(EARLY_HEAD % size)
+        first = s.recv(65536)  # the backend answered at the head: the whole body is still to come
+        assert first.startswith(b"HTTP/1.1 401") and b"\r\nConnection: close\r\n" in first
+        s.sendall(b"\0" * size)  # the balancer lingers: it reads and drops the body instead of resetting
+        assert s.recv(65536) == b""  # then the end, cleanly
+    with requests.Session() as session:  # requests reads the answer only after sending all 11 MiB
+        for _ in range(3):
+            r = session.post(lab.url + "/early-keep", data=b"\0" * size, timeout=30)
+            assert r.status_code == 401 and r.json() == {"error": "answered before the body"}
+            assert session.get(lab.url + "/after", timeout=TIMEOUT_S).json()["path"] == "/after"
+
+
+def test_an_answer_before_a_reset_reaches_the_client_20_of_20(lab: Lab) -> None:
+    # The backend answers 413 at the head and closes with the body unread (as gunicorn does): the
+    # balancer's next write of the body fails, and the answer must still be relayed, not a 502.
+    statuses = [requests.post(lab.url + "/early-close", data=b"\0" * (11 << 20), timeout=30).status_code
+                for _ in range(20)]
+    assert statuses == [413] * 20
+    assert all(b["active"] == 0 for b in lab.backends().values())
+
+
+def test_100_continue_reaches_the_client_before_the_body_is_sent(lab: Lab) -> None:
+    with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        assert s.recv(65536) == b"HTTP/1.1 100 Continue\r\n\r\n"  # relayed at once, not held with the final head
+        s.sendall(b"hello")
+        reply = b""
+        while b"}" not in reply:
+            reply += s.recv(65536)
+    (answer,) = answers(reply)
+    assert answer.status == 200 and json.loads(answer.body)["body"] == 5
+
+
+def test_after_an_error_answer_to_a_body_the_backend_connection_is_not_reused(backends: list[tuple[str, str]],
+                                                                              tmp_path: Path) -> None:
+    # The backend answers 413 keep-alive before reading the body, which all went out before the answer
+    # came back, then closes while draining it: the next request must not ride that connection.
+    with ExitStack() as stack:
+        lab = start_balancer(stack, tmp_path, backends[:1])
+        with requests.Session() as s:
+            for i in range(10):
+                assert s.post(lab.url + "/answer-unread", data=b"\0" * (200 << 10), timeout=TIMEOUT_S).status_code == 413
+                r = s.post(lab.url + f"/after-{i}", data=b"x", timeout=TIMEOUT_S)
+                assert r.status_code == 200 and r.json()["path"] == f"/after-{i}"
+
+
+def test_our_own_answer_to_a_request_still_sending_its_body_is_read_not_reset(lab: Lab) -> None:
+    body = b"\0" * (4 << 20)
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(body)
+    with closing(socket.create_connection(("127.0.0.1", lab.port), timeout=TIMEOUT_S)) as s:
+        s.sendall(head + body)  # refused at the head; the balancer keeps reading (and dropping) the body
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    (answer,) = answers(reply)
+    assert answer.status == 400 and answer.headers["x-served-by"] == "balancer"
+    assert json.loads(answer.body) == {"error": "both Content-Length and Transfer-Encoding"}
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+@pytest.mark.parametrize("ending", ["connection-close", "half-close"])
+def test_pipelined_requests_in_one_write_are_all_answered_in_order(lab: Lab, name: str, ending: str) -> None:
+    payload = PIPELINES[name]
+    n = payload.count(b" HTTP/1.")
+    if ending == "connection-close":
+        payload += b"GET /p%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % n
+        n += 1
+    for _ in range(5):
+        got = answers(raw_exchange(lab.port, payload, half_close=ending == "half-close"))
+        assert [json.loads(a.body)["path"] for a in got] == [f"/p{i}" for i in range(n)]
+
+
+def test_a_request_without_host_gets_400_except_in_http10(lab: Lab) -> None:
+    for payload, why in ((b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 request without a Host header"),
+                         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host header"),
+                         (b"GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", "more than one Host header"),
+                         (b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi", "HTTP/1.1 request without a Host header")):
+        (answer,) = answers(raw_exchange(lab.port, payload))
+        assert (answer.status, json.loads(answer.body), answer.headers["x-served-by"]) == (400, {"error": why},
+                                                                                           "balancer")
+    (answer,) = answers(raw_exchange(lab.port, b"GET /old HTTP/1.0\r\n\r\n"))
+    assert answer.status == 200 and json.loads(answer.body)["path"] == "/old"

@@ -15,20 +15,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from statelab.balancer.records import percentile
+from statelab.balancer.policies import Policy
+from statelab.balancer.pool import Pool
+from statelab.balancer.records import RecordRing, percentile
 from statelab.loopback import is_loopback
-
-if TYPE_CHECKING:
-    from statelab.balancer.proxy import Balancer
 
 log = logging.getLogger(__name__)
 
 MAX_ADMIN_BODY_BYTES = 64 * 1024
 ADMIN_TIMEOUT_S = 10.0
 MAX_RECORDS_PER_READ = 10_000
+
+
+class Balancer(Protocol):
+    """What the admin API reads and changes: the pool, the policy and the request records."""
+
+    pool: Pool
+    records: RecordRing
+    policy: Policy
+
+    def set_policy(self, name: str) -> None: ...
 
 
 class AdminError(Exception):

@@ -47,7 +47,7 @@ class Backend:
         self.active = 0  # requests in flight
         self.requests = 0
         self.errors = 0  # connect failures, broken or timed-out responses
-        self.idle: list[Any] = []  # idle keep-alive upstream connections (proxy.Upstream)
+        self.idle: list[Any] = []  # idle keep-alive backend connections (upstream.Upstream)
         self._ok_streak = 0
         self._fail_streak = 0
         self.check_task: asyncio.Task[None] | None = None
