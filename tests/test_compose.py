@@ -359,7 +359,8 @@ def test_the_compose_stack_serves_a_smoke_journey_and_scales(
         job_url = f"{stateless}/jobs/{job.json()['job_id']}"
         poll(lambda: s.get(job_url, timeout=10).json()["status"] in ("done", "failed"), "the RQ worker ran the job")
         result = s.get(job_url, timeout=10).json()
-        assert result == {"status": "done", "result": {"lines": 2, "words": 5, "size": len(data), "sha256": sha}}
+        assert (result["status"], result["result"]) == ("done", {"lines": 2, "words": 5, "size": len(data), "sha256": sha})
+        assert (result["attempts"], result["effects"]) == (1, 1), result  # one delivery, one effect
 
     # Scale out: HAProxy finds the fourth replica through the engine's DNS, with no config change.
     t0 = time.monotonic()
