@@ -100,6 +100,15 @@ def _json(response: Any) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
+def _unexpected(response: Any) -> str:
+    """Name an unexpected answer in Locust's failure tab: the status, who answered (an instance or the
+    balancer itself, from X-Served-By) and the JSON error's first words, so a room can tell a store
+    outage ("s3 unreachable") from a balancer with no backend left."""
+    error = str(_json(response).get("error") or "").split(":")[0][:60]
+    who = response.headers.get("X-Served-By") or "unknown"
+    return f"HTTP {response.status_code} from {who}" + (f": {error}" if error else "")
+
+
 class LabUser(HttpUser):
     """One person: an account, a source address, a session cookie or JWT, and a memory of its cart."""
 
@@ -159,7 +168,7 @@ class LabUser(HttpUser):
                 elif status == 404 and missing:
                     resp.failure(missing)
                 else:
-                    resp.failure(f"HTTP {status}")
+                    resp.failure(_unexpected(resp))
                 return None
 
     def login(self) -> bool:

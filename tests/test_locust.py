@@ -226,7 +226,15 @@ def test_locust_sees_what_a_rolling_deploy_does_to_users(app: str, tmp_path: Pat
     summary = read_summary(opts.csv_prefix)
     assert summary.total.requests > 100
     if app == "stateless":
-        assert (code, summary.total.failures) == (0, 0), summary.failures
+        # What a deploy does to state: nobody logged out, no cart or upload lost, no refresh refused.
+        for kind in ("logged out", "cart lost", "missing", "refresh refused"):
+            assert summary.failures_matching(kind) == 0, summary.failures
+        # Anything else is not the deploy's doing but must stay rare, and names who answered
+        # ("HTTP 503 from app-2: s3 unreachable", "... from balancer: no backend available").
+        assert summary.total.failures <= summary.total.requests // 200, summary.failures
+        assert all(" from " in f.error for f in summary.failures), summary.failures
+        if summary.total.failures:
+            print(f"rare failures beside the deploy: {summary.failures}")
     else:
         assert before_deploy.failures_matching("logged out") == 0, before_deploy.failures
         assert code == 1
