@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="round-robin", help=POLICY_HELP)
     p.add_argument("--admin-port", type=_port, help="serve the JSON admin API on this loopback port")
     p.add_argument("--health-interval", type=float, default=1.0, help="seconds between health checks")
+    p.add_argument("--health-path", default="/healthz", help="the path health checks GET (e.g. /readyz)")
     p.add_argument("--trust-forwarded-for", action="store_true", help="ip-hash on X-Forwarded-For")
     p.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
     p.set_defaults(func=cmd_lb)
@@ -386,13 +387,16 @@ def cmd_lb(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown policy {args.policy!r}: choose one of {', '.join(POLICY_NAMES)}")
     if args.health_interval <= 0:
         raise ConfigError("--health-interval must be above 0 seconds")
+    if not args.health_path.startswith("/") or any(c.isspace() for c in args.health_path):
+        raise ConfigError(f"--health-path must be a path such as /readyz, not {args.health_path!r}")
     _check_port(args.port, "the balancer")
     if args.admin_port:
         _check_port(args.admin_port, "the admin API")
     try:
         serve_forever(BalancerOptions(port=args.port, backends=tuple(backends), policy=args.policy,
                                       admin_port=args.admin_port, health_interval_s=args.health_interval,
-                                      trust_forwarded_for=args.trust_forwarded_for, use_uvloop=not args.no_uvloop))
+                                      health_path=args.health_path, trust_forwarded_for=args.trust_forwarded_for,
+                                      use_uvloop=not args.no_uvloop))
     except OSError as exc:  # a port taken between the check and the bind
         raise ConfigError(f"the balancer could not listen: {exc.strerror or exc}") from None
     except ValueError as exc:  # what the balancer itself refuses (its own checks)

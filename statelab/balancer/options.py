@@ -17,6 +17,7 @@ class BalancerOptions:
     admin_port: int | None
     host: str = "127.0.0.1"
     health_interval_s: float = 1.0
+    health_path: str = "/healthz"
     trust_forwarded_for: bool = False
     use_uvloop: bool = True
     hash_balance_factor: float = 1.25

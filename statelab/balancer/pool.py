@@ -2,8 +2,8 @@
 
 The pool keeps `eligible`, a tuple of backends that may take new requests (state `ready` and
 healthy), rebuilt only when membership, state or health changes, so the proxy reads one
-attribute per request. Health comes from active `GET /healthz` checks (rise/fall) and from
-passive marking when a connection attempt fails.
+attribute per request. Health comes from active `GET /healthz` checks (rise/fall; another path,
+such as a readiness check `/readyz`, is a setting) and from passive marking when a connection attempt fails.
 """
 
 from __future__ import annotations
@@ -61,9 +61,11 @@ class Backend:
 class Pool:
     """The set of backends, the eligible tuple, and the active health checker."""
 
-    def __init__(self, backends: tuple[tuple[str, str], ...], health_interval_s: float = 1.0) -> None:
+    def __init__(self, backends: tuple[tuple[str, str], ...], health_interval_s: float = 1.0,
+                 health_path: str = HEALTH_PATH) -> None:
         self.backends: dict[str, Backend] = {}
         self.health_interval_s = max(MIN_HEALTH_INTERVAL_S, health_interval_s)
+        self.health_path = health_path
         self.eligible: tuple[Backend, ...] = ()
         self.on_change: Callable[[], None] = lambda: None
         self._checking = False
@@ -131,7 +133,7 @@ class Pool:
 
     async def _check_loop(self, b: Backend) -> None:
         while True:
-            ok = await check_once(b.host, b.port, timeout_s=HEALTH_TIMEOUT_S)
+            ok = await check_once(b.host, b.port, timeout_s=HEALTH_TIMEOUT_S, path=self.health_path)
             self._record_check(b, ok)
             await asyncio.sleep(self.health_interval_s)
 
@@ -153,13 +155,13 @@ class Pool:
                 self.refresh()
 
 
-async def check_once(host: str, port: int, timeout_s: float) -> bool:
-    """Return True if GET /healthz answers 2xx or 3xx within timeout_s."""
+async def check_once(host: str, port: int, timeout_s: float, path: str = HEALTH_PATH) -> bool:
+    """Return True if GET path (/healthz) answers 2xx or 3xx within timeout_s."""
     writer = None
     try:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port)
-            writer.write(f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n"
                          f"User-Agent: statelab-health\r\n\r\n".encode())
             line = await reader.readline()
         parts = line.split(b" ", 2)

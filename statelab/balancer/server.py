@@ -52,7 +52,7 @@ class Balancer:
 
     def __init__(self, opts: BalancerOptions) -> None:
         self.opts = opts
-        self.pool = Pool(opts.backends, opts.health_interval_s)
+        self.pool = Pool(opts.backends, opts.health_interval_s, opts.health_path)
         self.policy = make_policy(opts.policy, opts.hash_balance_factor)
         self.records = RecordRing(opts.records_max)
         self.conns: set[Client] = set()

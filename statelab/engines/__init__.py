@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 from statelab.errors import ConfigError
 
 ENGINE_NAMES = ("builtin", "haproxy")
+HEALTH_PATH = "/healthz"  # what the balancer's health checks GET unless told otherwise (`/readyz`: readiness)
 
 
 @dataclass(frozen=True)
@@ -80,17 +81,17 @@ class BalancerEngine(Protocol):
 
 
 def make_engine(name: str, *, health_interval_s: float = 1.0, trust_forwarded_for: bool = False,
-                use_uvloop: bool = True) -> BalancerEngine:
-    """Return an unstarted engine by name: `builtin` or `haproxy`."""
+                use_uvloop: bool = True, health_path: str = HEALTH_PATH) -> BalancerEngine:
+    """Return an unstarted engine by name: `builtin` or `haproxy` (health checks GET health_path)."""
     if name == "builtin":
         from statelab.engines.builtin import BuiltinEngine
 
-        return BuiltinEngine(health_interval_s, trust_forwarded_for, use_uvloop)
+        return BuiltinEngine(health_interval_s, trust_forwarded_for, use_uvloop, health_path)
     if name == "haproxy":
         from statelab.engines.haproxy import HAProxyEngine
 
-        return HAProxyEngine(health_interval_s)
+        return HAProxyEngine(health_interval_s, health_path)
     raise ConfigError(f"unknown balancer engine {name!r}: choose one of {', '.join(ENGINE_NAMES)}")
 
 
-__all__ = ["ENGINE_NAMES", "BackendStatus", "BalancerEngine", "Record", "RecordSource", "make_engine"]
+__all__ = ["ENGINE_NAMES", "HEALTH_PATH", "BackendStatus", "BalancerEngine", "Record", "RecordSource", "make_engine"]

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import requests
 
 from statelab.balancer.admin import MAX_RECORDS_PER_READ
-from statelab.engines import BackendStatus, Record
+from statelab.engines import HEALTH_PATH, BackendStatus, Record
 from statelab.errors import ControlError
 from statelab.procs import ManagedProcess, http_probe
 
@@ -71,8 +71,9 @@ class BuiltinEngine:
     name = "builtin"
 
     def __init__(self, health_interval_s: float = 1.0, trust_forwarded_for: bool = False,
-                 use_uvloop: bool = True) -> None:
+                 use_uvloop: bool = True, health_path: str = HEALTH_PATH) -> None:
         self.health_interval_s = health_interval_s
+        self.health_path = health_path
         self.trust_forwarded_for = trust_forwarded_for
         self.use_uvloop = use_uvloop
         self.proc: ManagedProcess | None = None
@@ -88,6 +89,8 @@ class BuiltinEngine:
         """Start the balancer and wait until its admin API answers."""
         argv = [sys.executable, "-m", "statelab", "lb", "--port", str(port), "--policy", policy,
                 "--admin-port", str(admin_port), "--health-interval", str(self.health_interval_s)]
+        if self.health_path != HEALTH_PATH:
+            argv += ["--health-path", self.health_path]
         for bid, addr in backends:
             argv += ["--backend", f"{bid}={addr}"]
         if self.trust_forwarded_for:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from statelab.balancer.policies import COOKIE_NAME, POLICY_NAMES
 from statelab.balancer.pool import split_address
-from statelab.engines import BackendStatus, Record
+from statelab.engines import HEALTH_PATH, BackendStatus, Record
 from statelab.errors import ControlError, DependencyMissing
 from statelab.procs import ManagedProcess, tcp_probe
 
@@ -52,7 +52,8 @@ def server_line(policy: str, backend_id: str, address: str) -> str:
 
 
 def render_config(*, bind: str, backends: Sequence[tuple[str, str]], policy: str, stats_socket: str | None = None,
-                  health_interval_s: float = 1.0, threads: int | None = 1, maxconn: int = 5000) -> str:
+                  health_interval_s: float = 1.0, threads: int | None = 1, maxconn: int = 5000,
+                  health_path: str = HEALTH_PATH) -> str:
     """Render a complete haproxy.cfg for a static list of backends (used at runtime and for compose).
 
     bind is HAProxy's bind address, e.g. `127.0.0.1:8000` or `:8000`; backends are (id, host:port).
@@ -83,7 +84,7 @@ def render_config(*, bind: str, backends: Sequence[tuple[str, str]], policy: str
         "",
         f"backend {BACKEND_NAME}",
         *(f"    {line}" for line in BALANCE[policy]),
-        "    option httpchk GET /healthz",
+        f"    option httpchk GET {health_path}",
         f"    default-server inter {inter_ms} rise 2 fall 2",
         *(f"    {server_line(policy, bid, addr)}" for bid, addr in backends),
         "",
@@ -137,8 +138,9 @@ class HAProxyEngine:
 
     name = "haproxy"
 
-    def __init__(self, health_interval_s: float = 1.0) -> None:
+    def __init__(self, health_interval_s: float = 1.0, health_path: str = HEALTH_PATH) -> None:
         self.health_interval_s = health_interval_s
+        self.health_path = health_path
         self.proc: ManagedProcess | None = None
         self.port = 0
         self.policy = "round-robin"
@@ -181,7 +183,8 @@ class HAProxyEngine:
     def _launch(self, binary: str) -> None:
         self.cfg_path.write_text(render_config(bind=f"127.0.0.1:{self.port}", backends=self._backends,
                                                policy=self.policy, stats_socket=str(self.sock_path),
-                                               health_interval_s=self.health_interval_s))
+                                               health_interval_s=self.health_interval_s,
+                                               health_path=self.health_path))
         self.sock_path.unlink(missing_ok=True)
         probe_port = tcp_probe("127.0.0.1", self.port)
         self.proc = ManagedProcess("haproxy", [binary, "-db", "-f", str(self.cfg_path)], self.run_dir / "haproxy.log",
