@@ -7,10 +7,12 @@ independent services first and wait for readiness afterwards, so they come up in
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -206,7 +208,7 @@ def start_sentinel(run_dir: Path, master: tuple[str, int], name: str = "sentinel
     home.mkdir(parents=True, exist_ok=True)
     conf = home / "sentinel.conf"
     conf.write_text("\n".join([
-        f"port {port}", "bind 127.0.0.1", "protected-mode no", "daemonize no", f"dir {home}",
+        f"port {port}", "bind 127.0.0.1", "protected-mode no", "daemonize no", f"dir {json.dumps(str(home))}",
         f"sentinel monitor {master_name} {master[0]} {master[1]} {quorum}",
         f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
         f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
@@ -270,12 +272,16 @@ def start_redis_ha(run_dir: Path, sentinels: int = 1, appendonly: bool = False, 
         raise
 
 
-def start_postgres(run_dir: Path, port: int | None = None) -> Service:
+def start_postgres(run_dir: Path, port: int | None = None, template: Path | None = None) -> Service:
     """Initialise a fresh cluster and run PostgreSQL in the foreground as a managed child.
 
     pgserver's own API daemonises through pg_ctl and stops from atexit, which a SIGKILL of the lab
     would skip; running its `postgres` binary directly keeps the no-orphans promise. PostgreSQL
     refuses to run as root, so as root it runs as `nobody` from a data directory under /tmp.
+
+    With `template` (a stopped, seeded cluster from `postgres_template`), the cluster is a copy of
+    it instead of a fresh initdb: the database `statelab` is already there and seeded. Its
+    password is the template's until `rotate_password` gives this lab its own.
     """
     port = port or free_port()
     bindir = find_postgres_bindir()
@@ -292,23 +298,13 @@ def start_postgres(run_dir: Path, port: int | None = None) -> Service:
     else:
         base = run_dir / "postgres"
         base.mkdir(parents=True, exist_ok=True)
-    password = Secret.random(18)
-    pwfile = base / "pw"
-    pwfile.write_text(password.value)
     datadir = base / "data"
-    if user is not None:
-        os.chown(pwfile, user, group or -1)
-    init_log = run_dir / "logs" / "initdb.log"
-    init_log.parent.mkdir(parents=True, exist_ok=True)
-    with open(init_log, "wb") as logf:
-        result = subprocess.run(
-            [str(bindir / "initdb"), "-D", str(datadir), "-U", POSTGRES_USER, "-E", "UTF8", "--no-sync",
-             "--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}"],
-            stdout=logf, stderr=subprocess.STDOUT, user=user, group=group, timeout=60, cwd=base,
-        )
-    pwfile.unlink()
-    if result.returncode != 0:
-        raise ServiceFailed(f"initdb failed (log: {init_log})", log_tail(init_log))
+    if template is None:
+        password = Secret.random(18)
+        _initdb(bindir, base, datadir, password, run_dir / "logs" / "initdb.log", user, group)
+    else:
+        password = Secret((template / "password").read_text())
+        _copy_cluster(template / "data", datadir, user, group)
     argv = [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1", "-k", "",
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             "-c", "max_connections=300", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"]
@@ -317,6 +313,93 @@ def start_postgres(run_dir: Path, port: int | None = None) -> Service:
                           user=user, group=group, cwd=base).start()
     return Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port)},
                    respawn=lambda: start_postgres(run_dir))
+
+
+def _initdb(bindir: Path, base: Path, datadir: Path, password: Secret, log_path: Path, user: int | None,
+            group: int | None) -> None:
+    """Create a new cluster in datadir whose superuser `lab` has password."""
+    pwfile = base / "pw"
+    pwfile.write_text(password.value)
+    if user is not None:
+        os.chown(pwfile, user, group or -1)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as logf:
+        result = subprocess.run(
+            [str(bindir / "initdb"), "-D", str(datadir), "-U", POSTGRES_USER, "-E", "UTF8", "--no-sync",
+             "--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}"],
+            stdout=logf, stderr=subprocess.STDOUT, user=user, group=group, timeout=60, cwd=base,
+        )
+    pwfile.unlink()
+    if result.returncode != 0:
+        raise ServiceFailed(f"initdb failed (log: {log_path})", log_tail(log_path))
+
+
+def _copy_cluster(source: Path, datadir: Path, user: int | None, group: int | None) -> None:
+    """Copy a stopped cluster's data directory, owned by the user PostgreSQL runs as."""
+    shutil.copytree(source, datadir, symlinks=True)
+    if user is not None:
+        for root, dirs, files in os.walk(datadir):
+            for name in [*dirs, *files]:
+                os.lchown(os.path.join(root, name), user, group or -1)
+        os.chown(datadir, user, group or -1)
+
+
+def rotate_password(pg: Service) -> None:
+    """Give a cluster copied from a template a password of its own (the template's is shared)."""
+    import psycopg
+
+    fresh = Secret.random(18)
+    with psycopg.connect(pg.url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            psycopg.sql.Identifier(POSTGRES_USER), psycopg.sql.Literal(fresh.value)))
+    scheme, rest = pg.url.split("://", 1)
+    pg.url = f"{scheme}://{POSTGRES_USER}:{fresh.value}@{rest.rsplit('@', 1)[1]}"
+
+
+def postgres_template(users: int, products: int) -> Path:
+    """Return a stopped cluster holding the database `statelab`, seeded with users and products.
+
+    Built once per machine and seed (initdb, start, seed, clean shutdown) under a file lock, so labs
+    starting together build it once; each lab then copies it (`start_postgres(template=...)`),
+    which costs a fraction of an initdb plus a seed. The key covers the PostgreSQL binaries, the
+    schema, the seed's code and its size, so a change to any of them builds a new one.
+    """
+    import fcntl
+
+    from statelab import seed
+
+    bindir = find_postgres_bindir()
+    facts = [str(bindir), str((bindir / "postgres").stat().st_mtime_ns), str(os.geteuid() == 0), str(users),
+             str(products), Path(seed.__file__).read_text(), (Path(__file__).parent / "schema.sql").read_text()]
+    key = hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
+    root = Path(tempfile.gettempdir()) / f"statelab-pgtemplate-{key}"
+    if (root / "complete").exists():
+        return root
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (root / "complete").exists():  # another lab built it while we waited
+            return root
+        build = Path(tempfile.mkdtemp(prefix="statelab-pgbuild-"))
+        pg = start_postgres(build)
+        try:
+            pg.wait_ready()
+            seed.seed(create_database(pg.url), users=users, products=products)
+            password = pg.url.split("://", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
+            pg.process.signal(signal.SIGINT)  # fast shutdown: a checkpoint, then a clean, copyable cluster
+            pg.process.stop()
+            datadir = next(d for d in [*(c / "data" for c in pg.cleanup_dirs), build / "postgres" / "data"]
+                           if (d / "PG_VERSION").exists())
+            staging = Path(tempfile.mkdtemp(prefix=root.name + "-", dir=root.parent))
+            os.rename(datadir, staging / "data")
+            (staging / "password").write_text(password)
+            os.chmod(staging / "password", 0o600)
+            (staging / "complete").touch()
+            shutil.rmtree(root, ignore_errors=True)
+            os.rename(staging, root)
+        finally:
+            pg.stop()  # the process (if still running) and its data directory, when it was not moved
+            shutil.rmtree(build, ignore_errors=True)
+    return root
 
 
 def _pg_probe(url: str) -> Probe:

@@ -2,7 +2,10 @@
 
 `Lab` is what `statelab up` keeps alive and what scenarios drive: it deploys (rolling restart),
 kills, scales and re-routes while traffic flows, and keeps a timeline of what it did so reports
-can draw the events on their charts. Everything it starts is stopped by `stop()`, in reverse order.
+can draw the events on their charts. It can also run its stores differently (Redis with AOF, or
+with a replica and Sentinel; a fault proxy in front of S3), kill and restart a store or a job
+worker, run several gunicorn workers per instance, and run without a balancer. Everything it
+starts is stopped by `stop()`, in reverse order.
 """
 
 from __future__ import annotations
@@ -21,15 +24,19 @@ from typing import Callable, Mapping, Protocol
 from statelab import seed, services
 from statelab.balancer.policies import POLICY_NAMES
 from statelab.config import APP_KINDS, BackingUrls, Secret
-from statelab.engines import ENGINE_NAMES, BalancerEngine, make_engine
+from statelab.engines import ENGINE_NAMES, HEALTH_PATH, BalancerEngine, make_engine
 from statelab.errors import ConfigError, ControlError, ServiceFailed
 from statelab.events import Event
+from statelab.faults import FaultClient
 
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 10.0
 SUPERVISE_INTERVAL_S = 0.2
 START_RETRIES = 3
+# How the lab runs Redis for the stateless app: without persistence, with an append-only file
+# (fsync every second), or as a master (AOF) with a replica and a Sentinel that fails over.
+REDIS_MODES = ("plain", "aof", "sentinel")
 
 
 @dataclass(frozen=True)
@@ -47,9 +54,18 @@ class LabSpec:
     job_workers: int = 1
     restart_crashed: bool = True
     health_interval_s: float = 0.5
+    # At least this many accounts and products: a lab asking for no more than the default seed gets
+    # the default one, copied from a cached cluster (services.postgres_template).
     seed_users: int = seed.SEED_USERS
     seed_products: int = seed.SEED_PRODUCTS
     app_env: tuple[tuple[str, str], ...] = ()
+    workers: int = 1  # gunicorn worker processes per instance: more than one splits a stateful instance's memory
+    balancer: bool = True  # False: no balancer at all; users reach the first instance directly
+    health_path: str = HEALTH_PATH  # what the balancer's health checks GET (`/readyz`: readiness)
+    redis: str = "plain"  # one of REDIS_MODES (stateless app only)
+    s3_faults: bool = False  # a fault proxy between the apps and S3 (`Lab.faults` drives it)
+    # Instances next to the lab, not behind its balancer: (id, extra LAB_* settings), e.g. a JWT-mode probe.
+    side_instances: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
     def validate(self) -> None:
         if self.app not in APP_KINDS:
@@ -60,19 +76,23 @@ class LabSpec:
             raise ConfigError(f"unknown balancer engine {self.lb!r}: choose one of {', '.join(ENGINE_NAMES)}")
         if not 1 <= self.instances <= 32:
             raise ConfigError("--instances must be between 1 and 32")
+        if not 1 <= self.workers <= 16:
+            raise ConfigError("workers per instance must be between 1 and 16")
+        if self.redis not in REDIS_MODES:
+            raise ConfigError(f"unknown redis mode {self.redis!r}: choose one of {', '.join(REDIS_MODES)}")
 
 
 class StartInstance(Protocol):
     """Start one app instance's process (not yet ready): `services.start_app`, or a fake in tests."""
 
     def __call__(self, kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], *,
-                 port: int | None, threads: int) -> services.Service: ...
+                 port: int | None, threads: int, workers: int) -> services.Service: ...
 
 
 class MakeEngine(Protocol):
     """Return an unstarted balancer engine by name: `statelab.engines.make_engine`, or a fake in tests."""
 
-    def __call__(self, name: str, *, health_interval_s: float) -> BalancerEngine: ...
+    def __call__(self, name: str, *, health_interval_s: float, health_path: str) -> BalancerEngine: ...
 
 
 @dataclass
@@ -147,7 +167,10 @@ class Lab:
         self.instances: dict[str, Instance] = {}
         self.stores: dict[str, services.Service] = {}
         self.workers: list[services.Service] = []
+        self.side: dict[str, services.Service] = {}  # side instances by id (not behind the balancer)
         self.backing: BackingUrls | None = None
+        self.store_env: dict[str, str] = {}  # LAB_* settings the stores add (Sentinel addresses)
+        self._restarts: dict[str, Callable[[], services.Service]] = {}  # store -> start it again where it was
         self.engine: BalancerEngine | None = None
         self.secret_key = Secret.random()
         self._next_id = 1
@@ -172,33 +195,84 @@ class Lab:
     def _start_stores(self, progress: Callable[[str], None]) -> BackingUrls:
         """Start this lab's stores (in parallel), seed the database; return where the apps find them."""
         progress("starting backing stores")
-        wanted: list[tuple[str, Callable[[Path], services.Service]]] = [("postgres", services.start_postgres)]
-        if self.spec.app == "stateless":
-            wanted += [("redis", services.start_redis), ("s3", services.start_s3)]
+        stateless = self.spec.app == "stateless"
+        wanted: list[tuple[str, Callable[[Path], services.Service]]] = []
+        if stateless and self.spec.redis != "sentinel":
+            wanted.append(("redis", lambda d: services.start_redis(d, appendonly=self.spec.redis == "aof")))
+        if stateless:
+            wanted.append(("s3", services.start_s3))
         for name, start in wanted:
             self.stores[name] = start(self.run_dir)
-        for svc in self.stores.values():
+        # A seed no bigger than the default one comes from a cached, already seeded cluster (built
+        # once per machine while the other stores start): copying it is much cheaper than initdb + seed.
+        template = None
+        if self.spec.seed_users <= seed.SEED_USERS and self.spec.seed_products <= seed.SEED_PRODUCTS:
+            template = services.postgres_template(seed.SEED_USERS, seed.SEED_PRODUCTS)
+        self.stores["postgres"] = services.start_postgres(self.run_dir, template=template)
+        if stateless and self.spec.redis == "sentinel":  # waits for each part: the others start meanwhile
+            self._start_redis_ha()
+        for svc in list(self.stores.values()):
             svc.wait_ready()
-        progress("seeding the database")
-        db_url = services.create_database(self.stores["postgres"].url)
-        seed.seed(db_url, users=self.spec.seed_users, products=self.spec.seed_products)
+        if "redis" in self.stores and self.spec.redis != "sentinel":
+            self._remember_redis("redis", appendonly=self.spec.redis == "aof")
         s3 = self.stores.get("s3")
+        s3_endpoint = s3.url if s3 else None
+        if s3 is not None and self.spec.s3_faults:
+            self.stores["faults"] = services.start_faults(self.run_dir, {"s3": s3.url.removeprefix("http://")})
+            s3_endpoint = "http://" + self.stores["faults"].extra["s3"]
+        if template is not None:
+            services.rotate_password(self.stores["postgres"])
+        else:
+            progress("seeding the database")
+        db_url = services.create_database(self.stores["postgres"].url)
+        if template is None:
+            seed.seed(db_url, users=self.spec.seed_users, products=self.spec.seed_products)
+        if "faults" in self.stores:
+            self.stores["faults"].wait_ready()
         return BackingUrls(
             database_url=db_url,
-            redis_url=self.stores["redis"].url if "redis" in self.stores else None,
-            s3_endpoint=s3.url if s3 else None,
+            redis_url=self.stores["redis"].url if "redis" in self.stores and not self.store_env else None,
+            s3_endpoint=s3_endpoint,
             s3_access_key=s3.extra["access_key"] if s3 else None,
             s3_secret_key=Secret(s3.extra["secret_key"]) if s3 else None,
         )
 
+    def _start_redis_ha(self) -> None:
+        """Start a Redis master (AOF), its replica and a Sentinel; the apps find the master through it."""
+        ha = services.start_redis_ha(self.run_dir, sentinels=1, appendonly=True)
+        self.stores.update({"redis": ha.master, "redis-replica": ha.replica,
+                            **{s.name: s for s in ha.sentinels}})
+        self.store_env = ha.app_env()
+        self._remember_redis("redis", appendonly=True)
+
+    def _remember_redis(self, name: str, appendonly: bool) -> None:
+        """Remember how to start a Redis store again on its port, with its data directory (for restart_store)."""
+        port = int(self.stores[name].extra["port"])
+        self._restarts[name] = lambda: services.start_redis(self.run_dir, port, name=name, appendonly=appendonly)
+
     def _start_app_tier(self, progress: Callable[[str], None]) -> None:
         """Start the instances, the job workers and the balancer in front of the instances."""
         progress(f"starting {self.spec.instances} {self.spec.app} instances")
-        self._start_instances(self.spec.instances)
+        with ThreadPoolExecutor(max_workers=max(1, len(self.spec.side_instances)),
+                                thread_name_prefix="statelab-side") as pool:
+            side = [(sid, pool.submit(self._spawn, sid, None, dict(env))) for sid, env in self.spec.side_instances]
+            try:
+                self._start_instances(self.spec.instances)
+            finally:  # keep every side instance that started, so that stop() stops it even when another failed
+                for sid, future in side:
+                    if future.exception() is None:
+                        self.side[sid] = future.result()
+            for _, future in side:
+                future.result()  # re-raise a side instance's failure
         for i in range(self.spec.job_workers if self.spec.app == "stateless" else 0):
             self.workers.append(services.start_worker(f"worker-{i + 1}", self.run_dir, self.app_env()))
+        if not self.spec.balancer:
+            self._event("started", "lab", f"{self.spec.app} x{self.spec.instances}, no balancer")
+            threading.Thread(target=self._supervise, name="statelab-supervisor", daemon=True).start()
+            return
         progress(f"starting the {self.spec.lb} balancer ({self.policy})")
-        self.engine = engine = self._engine_factory(self.spec.lb, health_interval_s=self.spec.health_interval_s)
+        self.engine = engine = self._engine_factory(self.spec.lb, health_interval_s=self.spec.health_interval_s,
+                                                    health_path=self.spec.health_path)
         engine.start(self.run_dir, self.spec.port or services.free_port(), services.free_port(), self.policy,
                           [(i.id, i.address) for i in self.instances.values()])
         self._event("started", "lab", f"{self.spec.app} x{self.spec.instances} behind {self.spec.lb}/{self.policy}")
@@ -214,9 +288,10 @@ class Lab:
                 except Exception:  # keep stopping the rest
                     log.exception("stopping the balancer failed")
                 self.engine = None
-            doomed = [i.service for i in self.instances.values()] + self.workers
+            doomed = [i.service for i in self.instances.values()] + self.workers + list(self.side.values())
             self.instances.clear()
             self.workers = []
+            self.side = {}
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda s: s.stop(), doomed))
             list(pool.map(lambda s: s.stop(), list(self.stores.values())))
@@ -248,6 +323,7 @@ class Lab:
         """Return the LAB_* environment every app instance and worker of this lab gets."""
         assert self.backing is not None
         env = self.backing.app_env()
+        env.update(self.store_env)
         env.update({
             "LAB_SECRET_KEY": self.secret_key.value,
             "LAB_AUTH_MODE": self.spec.auth_mode,
@@ -255,13 +331,13 @@ class Lab:
         env.update(dict(self.spec.app_env))
         return env
 
-    def _spawn(self, instance_id: str, port: int | None) -> services.Service:
+    def _spawn(self, instance_id: str, port: int | None, extra_env: Mapping[str, str] | None = None) -> services.Service:
         """Start an instance process, retrying on a new port if the old one is taken."""
         # Each instance has its own "local disk", as separate machines or containers would.
-        env = {"LAB_UPLOAD_DIR": str(self.run_dir / "uploads" / instance_id), **self.app_env()}
+        env = {"LAB_UPLOAD_DIR": str(self.run_dir / "uploads" / instance_id), **self.app_env(), **(extra_env or {})}
         for attempt in range(START_RETRIES):
             svc = self._start_instance(self.spec.app, instance_id, self.run_dir, env, port=port,
-                                       threads=self.spec.threads)
+                                       threads=self.spec.threads, workers=self.spec.workers)
             try:
                 return svc.wait_ready()
             except ServiceFailed as exc:
@@ -332,6 +408,8 @@ class Lab:
 
     def _readd(self, inst: Instance) -> None:
         """Put an instance back in rotation (re-registering it if its address changed)."""
+        if self.engine is None and not self.spec.balancer:
+            return
         known = {b.id: b.address for b in self._lb().backends()}
         if known.get(inst.id) != inst.address:
             if inst.id in known:
@@ -359,6 +437,40 @@ class Lab:
         self._event("killed", inst.id, signal.Signals(sig).name)
         inst.service.process.signal(sig)
 
+    def kill_store(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send sig to a backing store (`redis`, `s3`, ...); nothing restarts it unless `restart_store` is called."""
+        if name not in self.stores:
+            raise ControlError(f"no store {name!r}: running are {', '.join(self.stores)}")
+        self._event("killed", name, signal.Signals(sig).name)
+        self.stores[name].process.signal(sig)
+
+    def restart_store(self, name: str) -> None:
+        """Start a (killed or stopped) Redis store again on its own port, with its own data directory.
+
+        A port taken meanwhile is an error, never a move to another port: the apps would not find it.
+        """
+        if name not in self._restarts:
+            raise ControlError(f"the lab cannot restart store {name!r} (only {', '.join(self._restarts) or 'none'})")
+        self.stores[name].stop()
+        fresh = self._restarts[name]()
+        fresh.respawn = None
+        self.stores[name] = fresh.wait_ready()
+        self._event("restarted", name)
+
+    def kill_worker(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Send sig to a job worker (`worker-1`, ...); it is not restarted."""
+        worker = next((w for w in self.workers if w.name == name), None)
+        if worker is None:
+            raise ControlError(f"no job worker {name!r}: running are {', '.join(w.name for w in self.workers)}")
+        self._event("killed", name, signal.Signals(sig).name)
+        worker.process.signal(sig)
+
+    @property
+    def faults(self) -> FaultClient:
+        """The fault proxy in front of S3 (LabSpec.s3_faults); its proxy is named `s3`."""
+        if "faults" not in self.stores:
+            raise ControlError("this lab runs no fault proxy (LabSpec.s3_faults)")
+        return FaultClient(self.stores["faults"].url)
     def scale(self, count: int, progress: Callable[[str], None] = lambda msg: None) -> None:
         """Start or stop instances until `count` run; new ones join the balancer once ready."""
         if not 1 <= count <= 32:
@@ -407,6 +519,14 @@ class Lab:
     def balancer_url(self) -> str:
         return self.engine.url if self.engine else ""
 
+    @property
+    def entry_url(self) -> str:
+        """Where users reach the lab: its balancer, or without one its first instance."""
+        if self.engine is not None or self.spec.balancer:
+            return self.balancer_url
+        first = next(iter(self.instances.values()), None)
+        return first.url if first is not None else ""
+
     # --- supervision --------------------------------------------------------------------------
 
     def _supervise(self) -> None:
@@ -422,7 +542,8 @@ class Lab:
                     inst.state = "crashed"
                     self._event("crashed", inst.id, f"exit code {code}")
                     try:
-                        self._lb().set_state(inst.id, "maint")
+                        if self.engine is not None:
+                            self._lb().set_state(inst.id, "maint")
                     except Exception:
                         log.exception("could not take %s out of rotation", inst.id)
                 if not self.spec.restart_crashed:

@@ -121,3 +121,40 @@ def test_a_crashed_instance_is_taken_out_of_rotation_and_restarted_by_the_same_s
     assert fakes.journal.of("app-2") == ["signal SIGKILL", "state maint", "stop", "start", "state ready"]
     assert kinds(lab)[-3:] == ["killed app-2", "crashed app-2", "restarted app-2"]
     assert lab.instances["app-2"].generation == 2 and lab.instances["app-2"].state == "ready"
+
+
+def test_the_options_a_scenario_needs_reach_the_instances_and_the_balancer(fakes: LabFakes, tmp_path: Path) -> None:
+    spec = LabSpec(app="stateless", instances=2, run_dir=tmp_path, workers=4, health_path="/readyz",
+                   side_instances=(("probe", (("LAB_AUTH_MODE", "jwt"),)),))
+    with Lab(spec, start_instance=fakes.start_instance, engine_factory=fakes.engine_factory) as lab:
+        lab.start(backing=FAKE_BACKING)
+        assert fakes.health_paths == ["/readyz"]
+        assert {iid: w["workers"] for iid, w in fakes.started_with.items()} == {"app-1": 4, "app-2": 4, "probe": 4}
+        assert fakes.started_with["probe"]["env"]["LAB_AUTH_MODE"] == "jwt"  # type: ignore[index]
+        assert fakes.started_with["app-1"]["env"]["LAB_AUTH_MODE"] == "session"  # type: ignore[index]
+        assert set(lab.side) == {"probe"} and fakes.journal.lines[-1] == "balancer app-1 app-2"  # not balanced
+    assert not fakes.processes["probe"].alive()  # stopped with the lab
+
+
+def test_a_lab_without_a_balancer_is_reached_at_its_instance_and_still_restarts_crashes(
+        fakes: LabFakes, tmp_path: Path) -> None:
+    with Lab(LabSpec(app="stateful", instances=1, run_dir=tmp_path, balancer=False),
+             start_instance=fakes.start_instance, engine_factory=fakes.engine_factory) as lab:
+        lab.start(backing=FAKE_BACKING)
+        assert lab.engine is None and fakes.health_paths == []
+        assert lab.entry_url == lab.instances["app-1"].url and lab.balancer_url == ""
+        lab.kill("app-1", signal.SIGKILL)
+        deadline = time.monotonic() + DEADLINE_S
+        while "restarted app-1" not in kinds(lab):
+            assert time.monotonic() < deadline, f"no restart within {DEADLINE_S} s: {kinds(lab)}"
+            time.sleep(0.02)
+        assert fakes.journal.of("app-1") == ["start", "signal SIGKILL", "stop", "start"]  # no balancer to tell
+
+
+def test_bad_lab_options_are_refused(tmp_path: Path) -> None:
+    from statelab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="redis mode"):
+        LabSpec(app="stateless", redis="cluster").validate()
+    with pytest.raises(ConfigError, match="workers"):
+        LabSpec(app="stateful", workers=0).validate()

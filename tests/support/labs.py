@@ -145,16 +145,20 @@ class LabFakes:
         self.engine = FakeEngine(self.journal)
         self.processes: dict[str, FakeProcess] = {}  # the live process of each instance id
         self.fail_next_start: dict[str, str] = {}  # instance id -> log tail of one failed start
+        self.started_with: dict[str, dict[str, object]] = {}  # instance id -> its workers and extra env
+        self.health_paths: list[str] = []  # what each engine was told to check
         self._ports = itertools.count(20001)
 
     def start_instance(self, kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], *,
-                       port: int | None, threads: int) -> Service:
+                       port: int | None, threads: int, workers: int = 1) -> Service:
         port = port or next(self._ports)
         proc = FakeProcess(instance_id, self.journal, self.fail_next_start.pop(instance_id, ""))
         self.processes[instance_id] = proc
+        self.started_with[instance_id] = {"workers": workers, "env": dict(env)}
         self.journal.add(f"start {instance_id}")
         return Service(f"app-{instance_id}", proc, f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
                        extra={"instance_id": instance_id, "port": str(port)})
 
-    def engine_factory(self, name: str, *, health_interval_s: float) -> BalancerEngine:
+    def engine_factory(self, name: str, *, health_interval_s: float, health_path: str = "/healthz") -> BalancerEngine:
+        self.health_paths.append(health_path)
         return self.engine
