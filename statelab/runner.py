@@ -25,7 +25,7 @@ from statelab.report import html, journal
 from statelab.report import scenarios as report
 from statelab.scenario import (AppCase, CaseContext, Measurements, Progress, RunInputs, RunReport, Scenario,
                                ScenarioResult, Target, Verdict)
-from statelab.turns import Turn, Turns
+from statelab.turns import IN_TURNS, Turn, Turns
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class RunOptions:
     run_dir: Path = Path(".statelab/runs/run")
     target: str | None = None
     target_admin: str | None = None
-    parallel: bool = True  # start a scenario's labs together (traffic still runs one case at a time)
+    parallel: bool = True  # start a scenario's labs together (traffic in turns, or together: Scenario.traffic)
 
     @property
     def side_by_side(self) -> bool:
@@ -170,12 +170,13 @@ def _run_turn(scenario: Scenario, ctx: CaseContext) -> ScenarioResult:
 
 def _run_side_by_side(scenario: Scenario, cases: Sequence[AppCase], opts: RunOptions, progress: Progress,
                       on_result: Callable[[ScenarioResult], None]) -> list[ScenarioResult]:
-    """Start every case's lab at once, then let the cases send traffic one after the other (see Turns).
+    """Start every case's lab at once, then let the cases send traffic one after the other, or together
+    when the scenario says so (`traffic`, see Turns).
 
     On Ctrl-C, the turns' abort signal tells the cases to stop waiting; we wait for their cleanup
     before re-raising.
     """
-    turns = Turns(len(cases), threading.Event())
+    turns = Turns(len(cases), threading.Event(), traffic=getattr(scenario, "traffic", IN_TURNS))
     contexts = [case_context(scenario, c, opts, _case_progress(progress, c.key), turns.turn(i))
                 for i, c in enumerate(cases)]
     with ThreadPoolExecutor(max_workers=len(cases), thread_name_prefix="statelab-case") as pool:

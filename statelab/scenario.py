@@ -433,7 +433,12 @@ class CaseContext:
 
 
 class Scenario(Protocol):
-    """A disaster to replay: its name, story and tolerances, its cases, how it runs one, and its verdict."""
+    """A disaster to replay: its name, story and tolerances, its cases, how it runs one, and its verdict.
+
+    `traffic` says how its cases, run side by side, send traffic: `in-turns` (one case after the
+    other: it measures latency) or `together` (it counts losses); see `statelab.turns`. The runner
+    reads it with `in-turns` as the default.
+    """
 
     @property
     def name(self) -> str: ...

@@ -4,6 +4,11 @@ The runner makes one `Turns` per scenario and hands each case its `Turn` in the 
 the harness calls `lab_ready`, `wait` and `done` on it. A case run on its own gets `Turn.solo()`,
 which never waits. Every turn carries the run's abort signal (set on Ctrl-C), so waiting cases stop
 and clean up.
+
+A scenario that measures counts rather than latency (users logged out, items lost, jobs lost)
+declares `traffic = TOGETHER`: its cases still wait until every lab is up, then all send traffic
+at once. One that measures latency keeps the default, `IN_TURNS`, so one app's latency never
+includes the other's load.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import time
 from statelab.errors import ScenarioError
 
 TURN_TIMEOUT_S = 600.0
+IN_TURNS, TOGETHER = "in-turns", "together"  # how a scenario's cases send traffic (`Scenario.traffic`)
+TRAFFIC_MODES = (IN_TURNS, TOGETHER)
 
 
 class Turns:
@@ -21,13 +28,18 @@ class Turns:
 
     Starting labs is most of a case's time and costs little CPU once done; measuring must not
     overlap, or one app's latency would include the other's load. Case i sends traffic when every
-    lab is up (or failed) and cases 0..i-1 have finished their traffic.
+    lab is up (or failed) and cases 0..i-1 have finished their traffic; with traffic=TOGETHER (a
+    scenario that counts losses, not latency), as soon as every lab is up.
     """
 
-    def __init__(self, n: int, abort: threading.Event | None = None, timeout_s: float = TURN_TIMEOUT_S) -> None:
+    def __init__(self, n: int, abort: threading.Event | None = None, timeout_s: float = TURN_TIMEOUT_S,
+                 traffic: str = IN_TURNS) -> None:
+        if traffic not in TRAFFIC_MODES:
+            raise ValueError(f"traffic must be one of {', '.join(TRAFFIC_MODES)}, not {traffic!r}")
         self.n = n
         self.abort = abort or threading.Event()
         self.timeout_s = timeout_s
+        self.together = traffic == TOGETHER
         self.ready: set[int] = set()
         self.next = 0
         self.cv = threading.Condition()
@@ -42,7 +54,7 @@ class Turns:
             self.cv.notify_all()
 
     def wait_turn(self, i: int) -> float:
-        """Block until case i may send traffic; return how long that took.
+        """Block until case i may send traffic (every lab is up and, in turns, cases before i are done).
 
         KeyboardInterrupt when the run is aborted; ScenarioError after timeout_s.
         """
@@ -50,8 +62,8 @@ class Turns:
             self.ready.add(i)
             self.cv.notify_all()
             t0 = time.monotonic()
-            ok = self.cv.wait_for(lambda: self.abort.is_set() or (len(self.ready) >= self.n and self.next >= i),
-                                  timeout=self.timeout_s)
+            ok = self.cv.wait_for(lambda: self.abort.is_set() or (
+                len(self.ready) >= self.n and (self.together or self.next >= i)), timeout=self.timeout_s)
             waited = time.monotonic() - t0
         if self.abort.is_set():
             raise KeyboardInterrupt
@@ -107,4 +119,4 @@ class Turn:
             self.turns.done(self.index)
 
 
-__all__ = ["TURN_TIMEOUT_S", "Turn", "Turns"]
+__all__ = ["IN_TURNS", "TOGETHER", "TRAFFIC_MODES", "TURN_TIMEOUT_S", "Turn", "Turns"]

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from statelab.errors import ScenarioError
-from statelab.turns import Turn, Turns
+from statelab.turns import TOGETHER, Turn, Turns
 
 DEADLINE_S = 5.0
 
@@ -84,3 +84,38 @@ def test_waiting_time_is_counted_so_the_runner_can_leave_it_out() -> None:
     threading.Timer(0.2, turns.done, args=(0,)).start()
     second.wait()
     assert 0.1 < second.waited_s < DEADLINE_S
+
+
+def test_together_cases_wait_for_every_lab_then_send_traffic_at_once() -> None:
+    turns = Turns(3, timeout_s=DEADLINE_S, traffic=TOGETHER)
+    started: list[int] = []
+    gate = threading.Barrier(3, timeout=DEADLINE_S)  # each case holds its traffic until all three are in it
+
+    def case(i: int, start_delay: float) -> None:
+        time.sleep(start_delay)
+        turn = turns.turn(i)
+        turn.lab_ready()
+        turn.wait()
+        started.append(i)
+        gate.wait()  # in turns, case 1 could never get here before case 0 is done: a BrokenBarrierError
+        turn.done()
+
+    threads = [threading.Thread(target=case, args=(i, d)) for i, d in ((0, 0.1), (1, 0.0), (2, 0.05))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(2 * DEADLINE_S)
+    assert sorted(started) == [0, 1, 2] and not gate.broken
+
+
+def test_together_still_waits_for_the_slowest_lab() -> None:
+    turns = Turns(2, timeout_s=DEADLINE_S, traffic=TOGETHER)
+    first = turns.turn(0)
+    threading.Timer(0.2, turns.lab_ready, args=(1,)).start()
+    first.wait()
+    assert 0.1 < first.waited_s < DEADLINE_S
+
+
+def test_an_unknown_traffic_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="in-turns"):
+        Turns(2, traffic="sometimes")
