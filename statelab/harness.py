@@ -13,12 +13,13 @@ import time
 from contextlib import ExitStack
 from typing import Callable, Sequence
 
+from statelab.engines import HEALTH_PATH
 from statelab.engines.builtin import AdminClient
 from statelab.errors import ScenarioError
 from statelab.events import Event
 from statelab.measure import CacheEvent, CacheEvents, Hit, RecordCollector, StatsSampler
 from statelab.scenario import CaseContext, Series
-from statelab.seed import SEED_USERS
+from statelab.seed import SEED_PRODUCTS, SEED_USERS
 from statelab.topology import Lab, LabSpec
 from statelab.users import CrowdHandle, CrowdResult, LiveCounters, Population
 
@@ -62,15 +63,20 @@ class Harness:
     # --- setup ----------------------------------------------------------------------------------
 
     def start_lab(self, instances: int, policy: str, threads: int = 8, seed_users: int = SEED_USERS,
-                  job_workers: int = 1,
-                  health_interval_s: float = HEALTH_INTERVAL_S) -> Lab:
-        """Start a fresh lab for this case (stores, seed, instances, balancer)."""
+                  job_workers: int = 1, health_interval_s: float = HEALTH_INTERVAL_S, *,
+                  seed_products: int = SEED_PRODUCTS, workers: int = 1, balancer: bool = True,
+                  health_path: str = HEALTH_PATH, redis: str = "plain", s3_faults: bool = False,
+                  restart_crashed: bool = True,
+                  side_instances: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()) -> Lab:
+        """Start a fresh lab for this case (stores, seed, instances, balancer); see LabSpec for the options."""
         if self.target is not None:
             raise ScenarioError("not supported with --target: this scenario starts, restarts or scales its own "
                                 "processes (run it without --target)")
         spec = LabSpec(app=self.app.app, instances=instances, policy=policy, lb=self.ctx.lb, run_dir=self.ctx.run_dir,
                        threads=threads, health_interval_s=health_interval_s, seed_users=seed_users,
-                       app_env=self.app.env, job_workers=job_workers)
+                       seed_products=seed_products, app_env=self.app.env, job_workers=job_workers, workers=workers,
+                       balancer=balancer, health_path=health_path, redis=redis, s3_faults=s3_faults,
+                       restart_crashed=restart_crashed, side_instances=side_instances)
         lab = Lab(spec)
         self._lab_wall0 = time.time()
         self.progress.phase(f"{self.app.label}: starting a lab ({instances} instances, {policy})")
@@ -102,7 +108,7 @@ class Harness:
         if self.target is not None:
             return self.target.url.rstrip("/")
         assert self.lab is not None
-        return self.lab.balancer_url
+        return self.lab.entry_url
 
     def start_samplers(self, stats: bool = False, cache_events: bool = False) -> None:
         """Start draining balancer records (and polling /stats, listening to the shared cache when asked).
@@ -162,6 +168,14 @@ class Harness:
             if crowd is not None and not crowd.running():
                 raise ScenarioError("the simulated users stopped early: " + _crowd_failure(crowd))
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    def wait_done(self, crowd: CrowdHandle, timeout_s: float) -> None:
+        """Wait until a crowd with a fixed number of steps has taken them all (bounded; `finish` stops it)."""
+        deadline = time.monotonic() + timeout_s
+        while crowd.running() and time.monotonic() < deadline:
+            if self.ctx.turn.aborted:
+                raise KeyboardInterrupt
+            time.sleep(0.05)
 
     def finish(self, *crowds: CrowdHandle, timeout_s: float = 20.0) -> list[CrowdResult]:
         """Stop the crowds and return their results; then stop the samplers.

@@ -3,10 +3,11 @@
 Background samplers a scenario starts next to its crowd: `RecordCollector` drains the balancer's
 per-request ring through its engine (or, for `--target`, its admin API client), so windows, shares
 and latencies come from what the balancer saw; `StatsSampler` polls each instance's `GET /stats`
-(`fetch_stats`: cache hits, DB queries, DB time; the dashboard reads it too) and
+(`fetch_stats`: cache hits, DB queries, DB time; the dashboard reads it too);
 `CacheEvents` listens to the shared Redis cache's keyspace notifications (each product key written
-after a DB load, each expiry). The numbers they compute are pure functions of the samples, so they
-are tested without sockets.
+after a DB load, each expiry); `RotationSampler` polls which instances the balancer has in rotation
+(health checks taking them out and putting them back). The numbers they compute are pure functions
+of the samples, so they are tested without sockets.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 import requests
 
-from statelab.engines import Record, RecordSource
+from statelab.engines import BackendStatus, Record, RecordSource
 from statelab.scenario import InstanceFigures, Latency, Series, percentile
 from statelab.users.measures import timeline_step_s
 
 log = logging.getLogger(__name__)
 
 RECORD_POLL_S = 0.25
+ROTATION_POLL_S = 0.1
 STATS_POLL_S = 0.5
 MIN_RATE_INTERVAL_S = 0.8 * STATS_POLL_S  # a rate over a shorter span is noise (see counter_rates)
 STATS_TIMEOUT_S = 1.0
@@ -233,6 +235,56 @@ class CacheEvents:
         return self.events
 
 
+class RotationSampler:
+    """Poll the balancer's backends every `poll_s`: which instances are in rotation (ready and healthy).
+
+    Each sample is (wall-clock t, ids in rotation); a failed read is skipped, not counted as empty.
+    """
+
+    def __init__(self, backends: Callable[[], Sequence[BackendStatus]], poll_s: float = ROTATION_POLL_S,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.backends = backends
+        self.poll_s = poll_s
+        self.clock = clock
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="statelab-rotation", daemon=True)
+
+    def start(self) -> "RotationSampler":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def sample(self) -> None:
+        try:
+            rows = self.backends()
+        except Exception:  # the balancer is busy or stopping: a gap, not an empty rotation
+            log.debug("reading the balancer's backends failed", exc_info=True)
+            return
+        self.samples.append((self.clock(), tuple(sorted(b.id for b in rows if b.state == "ready" and b.healthy))))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.sample()
+
+    def stop(self) -> list[tuple[float, tuple[str, ...]]]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        return self.samples
+
+
+def redis_command_calls(url: str, command: str, timeout_s: float = 2.0) -> int:
+    """Return how many times Redis has run `command` (INFO commandstats), e.g. the denylist's EXISTS."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    entry = stats.get(f"cmdstat_{command.lower()}", {})
+    return int(entry.get("calls", 0)) if isinstance(entry, dict) else 0
+
+
 # --- pure computations ------------------------------------------------------------------------------
 
 def window(hits: Iterable[Hit], t0: float = -math.inf, t1: float = math.inf) -> list[Hit]:
@@ -289,6 +341,15 @@ def per_second(hits: Sequence[Hit], t0: float, name: str = "requests",
         return Series(name, "req/s", ())
     last = int(max(times) / step)
     return Series(name, "req/s", tuple((round(i * step, 3), counts.get(i, 0) / step) for i in range(0, last + 1)))
+
+
+def count_per_second(name: str, times: Iterable[float], t0: float, unit: str = "1/s") -> Series:
+    """Count events (wall-clock times) per second since t0, as a chart series with every second in it."""
+    counts: dict[int, int] = {}
+    for t in times:
+        counts[int(t - t0)] = counts.get(int(t - t0), 0) + 1
+    last = max(counts, default=-1)
+    return Series(name, unit, tuple((float(s), float(counts.get(s, 0))) for s in range(0, last + 1)))
 
 
 def counter_rates(samples: Sequence[StatsSample], field_name: str, t0: float,
@@ -422,6 +483,51 @@ def _last_value(samples: Sequence[StatsSample], field_name: str, t1: float, want
         if s.t <= t1 and (wanted is None or s.instance in wanted):
             last[s.instance] = s.get(field_name)
     return sum(last.values())
+
+
+def failed(hit: Hit) -> bool:
+    """Return whether the balancer saw a request fail for the user: no answer (0) or a 5xx."""
+    return hit.status == 0 or hit.status >= 500
+
+
+def first_answer_after(hits: Iterable[Hit], t: float) -> float | None:
+    """Return the wall-clock time of the first request after t that the app answered (not a 5xx, not lost)."""
+    return min((h.t for h in hits if h.t >= t and not failed(h)), default=None)
+
+
+def failure_span(hits: Iterable[Hit], t0: float, t1: float = math.inf) -> tuple[float, float] | None:
+    """Return (first, last) wall-clock times of failed requests in [t0, t1), or None when none failed."""
+    times = [h.t for h in hits if t0 <= h.t < t1 and failed(h)]
+    return (min(times), max(times)) if times else None
+
+
+def last_routed_to(hits: Iterable[Hit], backend: str, after: float) -> float | None:
+    """Return the wall-clock time of the last request the balancer sent to backend after `after`."""
+    return max((h.t for h in hits if h.backend == backend and h.t >= after), default=None)
+
+
+def empty_rotation_s(samples: Sequence[tuple[float, tuple[str, ...]]], t0: float = -math.inf,
+                     t1: float = math.inf) -> float:
+    """Return how long no instance was in rotation within [t0, t1), from rotation samples.
+
+    Each sample holds until the next one; the last one holds until t1 (or adds nothing when t1 is
+    open-ended).
+    """
+    ordered = sorted(samples)
+    if not ordered:
+        return 0.0
+    ends = [t for t, _ in ordered[1:]] + [t1 if t1 != math.inf else ordered[-1][0]]
+    total = 0.0
+    for (t, ids), t_next in zip(ordered, ends):
+        a, b = max(t, t0), min(t_next, t1)
+        if not ids and b > a:
+            total += b - a
+    return total
+
+
+def back_in_rotation_at(samples: Sequence[tuple[float, tuple[str, ...]]], after: float) -> float | None:
+    """Return the first sample time at or after `after` with an instance in rotation."""
+    return min((t for t, ids in samples if t >= after and ids), default=None)
 
 
 def _natural(name: str) -> tuple[str, int]:

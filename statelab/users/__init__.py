@@ -1,7 +1,7 @@
 """Simulated users: thousands of asyncio "people" with their own cookies, tokens and source address.
 
-A crowd is a `Population` running one journey (`shopper`, `browser`, `uploader` or any
-``async def journey(user: VirtualUser)``) against a balancer URL. Each user remembers what it did
+A crowd is a `Population` running one journey (`shopper`, `browser`, `uploader`, `pages`, the `tabs`
+of one browser, or any ``async def journey(user: VirtualUser)``) against a balancer URL. Each user remembers what it did
 (items it added, files it uploaded) and compares with what the server later shows, so lost state is
 measured from the user's side. `run_crowd` returns a frozen `CrowdResult`; `CrowdHandle` runs a crowd
 in a background thread so a scenario can inject faults meanwhile and read live counters.
@@ -25,8 +25,8 @@ from statelab.users.crowd import (  # _ensure_open_files: tests call it as users
 )
 from statelab.users.handle import CrowdHandle, LiveCounters
 from statelab.users.journeys import (
-    CART_CHECK_EVERY, JOB_DEADLINE_S, JOB_GRACE_ON_STOP_S, JOB_POLL_S, JOURNEYS, Journey, browser,
-    shopper, uploader,
+    CART_CHECK_EVERY, JOB_DEADLINE_S, JOB_GRACE_ON_STOP_S, JOB_POLL_S, JOURNEYS, Browser, Journey, browser,
+    pages, shopper, tabs, uploader,
 )
 from statelab.users.measures import ERROR_KINDS, LatencyHistogram, LatencySummary, UserStats
 from statelab.users.population import Population, UserSpec, user_address
@@ -34,10 +34,10 @@ from statelab.users.result import CrowdResult, TimelineBucket, UserSummary
 from statelab.users.virtual_user import SESSION_COOKIE, VirtualUser
 
 __all__ = [
-    "CART_CHECK_EVERY", "ConfigError", "CrowdHandle", "CrowdResult",
+    "Browser", "CART_CHECK_EVERY", "ConfigError", "CrowdHandle", "CrowdResult",
     "DEFAULT_RAMP_S", "DEFAULT_REQUEST_TIMEOUT_S", "ERROR_KINDS", "JOB_DEADLINE_S",
     "JOB_GRACE_ON_STOP_S", "JOB_POLL_S", "JOURNEYS", "Journey", "LatencyHistogram",
     "LatencySummary", "LiveCounters", "Population", "SESSION_COOKIE",
-    "TimelineBucket", "UserSpec", "UserStats", "UserSummary", "VirtualUser", "browser", "run_crowd",
-    "run_crowd_sync", "shopper", "uploader", "user_address",
+    "TimelineBucket", "UserSpec", "UserStats", "UserSummary", "VirtualUser", "browser", "pages", "run_crowd",
+    "run_crowd_sync", "shopper", "tabs", "uploader", "user_address",
 ]

@@ -1,4 +1,5 @@
-"""What users do: the built-in journeys `shopper`, `browser` and `uploader`, by name in `JOURNEYS`.
+"""What users do: the built-in journeys `shopper`, `browser`, `uploader` and `pages`, by name in `JOURNEYS`,
+and `tabs`, several users acting as the tabs of one browser (one login, one cookie jar).
 
 A journey is any ``async def journey(user: VirtualUser)`` that loops while ``user.running``.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 from statelab.users.virtual_user import VirtualUser, _json
@@ -121,4 +123,66 @@ async def _wait_for_job(user: VirtualUser, job_id: str) -> None:
     user.stats.jobs_timed_out += 1
 
 
-JOURNEYS: dict[str, Journey] = {"shopper": shopper, "browser": browser, "uploader": uploader}
+PAGES = ("/me", "/cart")
+
+
+async def pages(user: VirtualUser) -> None:
+    """Log in, then load pages, each over a new connection (a client without keep-alive).
+
+    A new connection lets the kernel hand each request to any worker process listening on the
+    instance's socket; a 401 is counted as a logout, and the user logs in again.
+    """
+    while user.running:
+        if not user.logged_in and not await user.login():
+            await user.pause_after_error()
+            continue
+        user.client.close()
+        await user.call("GET", PAGES[user.steps_done % len(PAGES)])
+        user.client.close()
+        user.stats.pages += 1
+        user.steps_done += 1
+        await user.think()
+
+
+@dataclass
+class Browser:
+    """What the tabs of one browser share: one login's cookies, and what their cart adds got back."""
+
+    product_id: int = 7
+    cookies: dict[str, str] = field(default_factory=dict)
+    adds_ok: int = 0
+    adds_failed: int = 0
+    logged_in: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def tabs(browser: Browser) -> Journey:
+    """Return a journey for users acting as tabs of one browser: the first logs in, all share its cookies.
+
+    Each tab then adds one unit of the same product per step, as fast as the server answers:
+    concurrent writes to one user's cart. The tabs keep no cart of their own; the scenario
+    compares the adds acknowledged (201) with what the cart finally holds.
+    """
+    async def tab(user: VirtualUser) -> None:
+        if user.spec.index == 0:
+            if await user.login():
+                browser.cookies.update(user.cookies)
+            browser.logged_in.set()  # also on failure: the other tabs must not wait forever
+        else:
+            await browser.logged_in.wait()
+            user.cookies.update(browser.cookies)
+            user.logged_in = bool(browser.cookies)
+        while user.running and user.logged_in:
+            # authed=False: a 401 is a failed add, never a login as the tab's own account
+            response = await user.call("POST", "/cart/items", {"product_id": browser.product_id, "qty": 1},
+                                       ok=(401,), authed=False)
+            if response is not None and response.status == 201:
+                browser.adds_ok += 1
+            else:
+                browser.adds_failed += 1
+            user.steps_done += 1
+            await user.think()
+
+    return tab
+
+
+JOURNEYS: dict[str, Journey] = {"shopper": shopper, "browser": browser, "uploader": uploader, "pages": pages}

@@ -94,6 +94,7 @@ class UserStats:
     jobs_failed: int = 0
     jobs_missing: int = 0
     jobs_timed_out: int = 0
+    pages: int = 0  # page loads of the `pages` journey (each may take a login and a retry)
     requests: int = 0
     errors: int = 0
 

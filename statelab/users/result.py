@@ -82,6 +82,7 @@ class CrowdResult:
     cpu_share: float  # process CPU seconds / wall seconds (whole process, all threads)
     loop_cpu_share: float  # the crowd's own thread only: the load generator's cost
     user_summaries: tuple[UserSummary, ...] = field(repr=False, default=())
+    pages: int = 0  # page loads of the `pages` journey
 
     @property
     def error_total(self) -> int:
@@ -98,7 +99,7 @@ class CrowdResult:
 
 _SUMMED = ("logins_ok", "logins_failed", "relogins", "token_refreshes", "items_added", "items_lost",
            "items_unexpected", "cart_checks", "uploads", "uploads_missing", "uploads_corrupt",
-           "jobs_done", "jobs_failed", "jobs_missing", "jobs_timed_out")
+           "jobs_done", "jobs_failed", "jobs_missing", "jobs_timed_out", "pages")
 
 
 def _build_result(base_url: str, journey_name: str, seed: int, population: Population,
