@@ -272,7 +272,8 @@ def start_redis_ha(run_dir: Path, sentinels: int = 1, appendonly: bool = False, 
         raise
 
 
-def start_postgres(run_dir: Path, port: int | None = None, template: Path | None = None) -> Service:
+def start_postgres(run_dir: Path, port: int | None = None, template: Path | None = None,
+                   wal_segment_mb: int = 16) -> Service:
     """Initialise a fresh cluster and run PostgreSQL in the foreground as a managed child.
 
     pgserver's own API daemonises through pg_ctl and stops from atexit, which a SIGKILL of the lab
@@ -281,7 +282,9 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
 
     With `template` (a stopped, seeded cluster from `postgres_template`), the cluster is a copy of
     it instead of a fresh initdb: the database `statelab` is already there and seeded. Its
-    password is the template's until `rotate_password` gives this lab its own.
+    password is the template's until `rotate_password` gives this lab its own. A template is built
+    with 1 MB WAL segments (`wal_segment_mb`) and its spare segments dropped, so each copy writes
+    about 1 MB of WAL, not 32.
     """
     port = port or free_port()
     bindir = find_postgres_bindir()
@@ -301,7 +304,7 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
     datadir = base / "data"
     if template is None:
         password = Secret.random(18)
-        _initdb(bindir, base, datadir, password, run_dir / "logs" / "initdb.log", user, group)
+        _initdb(bindir, base, datadir, password, run_dir / "logs" / "initdb.log", user, group, wal_segment_mb)
     else:
         password = Secret((template / "password").read_text())
         _copy_cluster(template / "data", datadir, user, group)
@@ -311,12 +314,12 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
     url = f"postgresql://{POSTGRES_USER}:{password.value}@127.0.0.1:{port}/postgres"
     proc = ManagedProcess("postgres", argv, run_dir / "logs" / "postgres.log", probe=_pg_probe(url),
                           user=user, group=group, cwd=base).start()
-    return Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port)},
+    return Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port), "bindir": str(bindir)},
                    respawn=lambda: start_postgres(run_dir))
 
 
 def _initdb(bindir: Path, base: Path, datadir: Path, password: Secret, log_path: Path, user: int | None,
-            group: int | None) -> None:
+            group: int | None, wal_segment_mb: int = 16) -> None:
     """Create a new cluster in datadir whose superuser `lab` has password."""
     pwfile = base / "pw"
     pwfile.write_text(password.value)
@@ -326,7 +329,8 @@ def _initdb(bindir: Path, base: Path, datadir: Path, password: Secret, log_path:
     with open(log_path, "wb") as logf:
         result = subprocess.run(
             [str(bindir / "initdb"), "-D", str(datadir), "-U", POSTGRES_USER, "-E", "UTF8", "--no-sync",
-             "--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}"],
+             "--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={pwfile}",
+             f"--wal-segsize={wal_segment_mb}"],
             stdout=logf, stderr=subprocess.STDOUT, user=user, group=group, timeout=60, cwd=base,
         )
     pwfile.unlink()
@@ -369,7 +373,7 @@ def postgres_template(users: int, products: int) -> Path:
     from statelab import seed
 
     bindir = find_postgres_bindir()
-    facts = [str(bindir), str((bindir / "postgres").stat().st_mtime_ns), str(os.geteuid() == 0), str(users),
+    facts = ["wal 1 MB, reset", str(bindir), str((bindir / "postgres").stat().st_mtime_ns), str(os.geteuid() == 0), str(users),
              str(products), Path(seed.__file__).read_text(), (Path(__file__).parent / "schema.sql").read_text()]
     key = hashlib.sha256("\n".join(facts).encode()).hexdigest()[:16]
     root = Path(tempfile.gettempdir()) / f"statelab-pgtemplate-{key}"
@@ -380,7 +384,7 @@ def postgres_template(users: int, products: int) -> Path:
         if (root / "complete").exists():  # another lab built it while we waited
             return root
         build = Path(tempfile.mkdtemp(prefix="statelab-pgbuild-"))
-        pg = start_postgres(build)
+        pg = start_postgres(build, wal_segment_mb=1)
         try:
             pg.wait_ready()
             seed.seed(create_database(pg.url), users=users, products=products)
@@ -389,6 +393,11 @@ def postgres_template(users: int, products: int) -> Path:
             pg.process.stop()
             datadir = next(d for d in [*(c / "data" for c in pg.cleanup_dirs), build / "postgres" / "data"]
                            if (d / "PG_VERSION").exists())
+            # The seed's burst left spare WAL segments that every copy would write again: after a clean
+            # shutdown, pg_resetwal keeps just one.
+            owner = datadir.stat()
+            subprocess.run([str(Path(pg.extra["bindir"]) / "pg_resetwal"), "-D", str(datadir)], check=True,
+                           capture_output=True, timeout=60, user=owner.st_uid, group=owner.st_gid)
             staging = Path(tempfile.mkdtemp(prefix=root.name + "-", dir=root.parent))
             os.rename(datadir, staging / "data")
             (staging / "password").write_text(password)
@@ -486,10 +495,29 @@ def start_app(kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str]
             "--keep-alive", "5", "--log-level", "warning", "--access-logfile", "-", *extra_args,
             f"{module}:create_app()"]
     proc = ManagedProcess(f"app-{instance_id}", argv, run_dir / "logs" / f"{instance_id}.log",
-                          probe=http_probe(f"http://127.0.0.1:{port}/healthz", lambda s: s == 200),
+                          probe=_instance_probe(f"http://127.0.0.1:{port}/healthz", instance_id),
                           env=child_env, cwd=Path(__file__).resolve().parent.parent).start()
     return Service(f"app-{instance_id}", proc, f"http://127.0.0.1:{port}",
                    extra={"instance_id": instance_id, "port": str(port)})
+
+
+def _instance_probe(url: str, instance_id: str) -> Probe:
+    """Return a probe that passes once *this* instance answers url (200 and its own X-Served-By).
+
+    A port picked as free may be taken by another lab's instance before gunicorn binds it; gunicorn
+    then retries for seconds while the other one answers, so a plain status probe would pass.
+    Checking the answer's instance id lets the start fail on the clash and try a new port.
+    """
+    import requests
+
+    def probe() -> bool:
+        try:
+            r = requests.get(url, timeout=0.5)
+        except requests.RequestException:
+            return False
+        return r.status_code == 200 and r.headers.get("X-Served-By") == instance_id
+
+    return probe
 
 
 def start_worker(name: str, run_dir: Path, env: Mapping[str, str]) -> Service:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -196,6 +197,8 @@ class Lab:
         """Start this lab's stores (in parallel), seed the database; return where the apps find them."""
         progress("starting backing stores")
         stateless = self.spec.app == "stateless"
+        for old in ("redis", "redis-replica"):  # a fresh lab starts empty, even in a reused run directory
+            shutil.rmtree(self.run_dir / old, ignore_errors=True)
         wanted: list[tuple[str, Callable[[Path], services.Service]]] = []
         if stateless and self.spec.redis != "sentinel":
             wanted.append(("redis", lambda d: services.start_redis(d, appendonly=self.spec.redis == "aof")))

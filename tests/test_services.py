@@ -61,3 +61,31 @@ def test_status_never_shows_the_database_password(backing_services: dict[str, se
     url = backing_services["postgres"].url
     password = url.split("://", 1)[1].split("@", 1)[0].split(":", 1)[1]
     assert password not in _public_url(url)
+
+
+def test_a_lab_database_is_a_seeded_copy_of_one_template_with_a_password_of_its_own(tmp_path: Path) -> None:
+    import psycopg
+
+    from statelab import seed
+
+    template = services.postgres_template(seed.SEED_USERS, seed.SEED_PRODUCTS)
+    assert services.postgres_template(seed.SEED_USERS, seed.SEED_PRODUCTS) == template  # built once, then reused
+    assert len(list((template / "data" / "pg_wal").glob("0*"))) == 1  # copies write one WAL segment, not 32 MB
+    copies = [services.start_postgres(tmp_path / name, template=template) for name in ("a", "b")]
+    try:
+        for pg in copies:
+            pg.wait_ready()
+            shared = pg.url
+            services.rotate_password(pg)
+            assert pg.url != shared
+            with pytest.raises(psycopg.OperationalError):
+                psycopg.connect(shared.rsplit("/", 1)[0] + "/statelab", connect_timeout=5).close()
+            with psycopg.connect(services.create_database(pg.url), connect_timeout=5) as conn:
+                assert conn.execute("SELECT count(*) FROM users").fetchone() == (seed.SEED_USERS,)
+                if pg is copies[0]:
+                    conn.execute("DELETE FROM reviews")
+        with psycopg.connect(services.create_database(copies[1].url), connect_timeout=5) as conn:
+            assert conn.execute("SELECT count(*) FROM reviews").fetchone()[0] > 0  # each copy is its own
+    finally:
+        for pg in copies:
+            pg.stop()
