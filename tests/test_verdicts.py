@@ -1,4 +1,8 @@
-"""Verdicts are pure functions of measurements: each scenario's verdict, the judging rules, exit codes."""
+"""Verdicts are pure functions of measurements: each scenario's verdict, the judging rules, exit codes.
+
+The costs group (what the stateless design costs and how it fails) has its own section: there a
+stateless case may be the one expected to reproduce, and the mitigation the one expected to survive.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,23 @@ import math
 
 import pytest
 
-from scenarios import REGISTRY
+from scenarios import COSTS, DISASTERS, REGISTRY
 from scenarios.cold_cache_autoscale import SCENARIO as COLD_CACHE
+from scenarios.jwt_theft import SCENARIO as JWT_THEFT
 from scenarios.local_disk_upload import SCENARIO as LOCAL_DISK
+from scenarios.lost_update import SCENARIO as LOST_UPDATE
 from scenarios.nat_hotspot import SCENARIO as NAT
+from scenarios.redis_outage import SCENARIO as REDIS_OUTAGE
 from scenarios.rolling_deploy import SCENARIO as ROLLING
+from scenarios.s3_latency import SCENARIO as S3_LATENCY
+from scenarios.server_crash import SCENARIO as SERVER_CRASH
+from scenarios.worker_crash import SCENARIO as WORKER_CRASH
+from scenarios.worker_split import SCENARIO as WORKER_SPLIT
 from statelab import measure
 from statelab.scenario import (EXIT_DEVIATED, EXIT_ERROR, EXIT_OK, AppCase, Figure, Finding, Latency, Measurements,
                                Outcome, ScenarioResult, Tolerance, Verdict, exit_code, judge, matches, percentile,
                                stateless_prices)
+from statelab.turns import IN_TURNS, TOGETHER
 
 
 def m(**values: float) -> Measurements:
@@ -129,10 +141,10 @@ def test_cold_cache_comparison_columns_share_one_short_ttl_and_differ_only_in_th
     assert all(c.expect is None and not c.in_quick for c in variants)
 
 
-def test_every_scenario_is_named_in_kebab_case_and_expects_both_findings() -> None:
+def test_every_disaster_is_named_in_kebab_case_and_expects_both_findings() -> None:
     names = [s.name for s in REGISTRY.find("all")]
     assert names == ["rolling-deploy", "nat-hotspot", "local-disk-upload", "cold-cache-autoscale"]
-    for s in REGISTRY:
+    for s in REGISTRY.group(DISASTERS):
         assert s.expect == {"stateful": "reproduced", "stateless": "survived"}
         assert s.tolerances and s.summary and s.title
         assert "What breaks" in (type(s).__doc__ or "") and "stateless design" in (type(s).__doc__ or "")
@@ -141,10 +153,232 @@ def test_every_scenario_is_named_in_kebab_case_and_expects_both_findings() -> No
 
 
 def test_quick_profiles_are_smaller_and_users_override() -> None:
-    for s in REGISTRY:
+    for s in REGISTRY.group(DISASTERS):
         quick, full = s.profile(True, None), s.profile(False, None)
         assert quick.users < full.users and quick.phase_s < full.phase_s
     assert ROLLING.profile(True, 77).users == 77
+
+
+# --- the costs group: what the stateless design costs and how it fails -----------------------------
+
+COSTS_NAMES = ["redis-outage", "jwt-theft", "s3-latency", "server-crash", "worker-crash", "worker-split", "lost-update"]
+
+
+def test_the_costs_group_has_the_seven_scenarios_and_leaves_all_alone() -> None:
+    assert [s.name for s in REGISTRY.group(COSTS)] == COSTS_NAMES
+    assert [s.name for s in REGISTRY.find("costs")] == COSTS_NAMES
+    assert not set(COSTS_NAMES) & {s.name for s in REGISTRY.find("all")}
+
+
+@pytest.mark.parametrize("scenario", REGISTRY.group(COSTS), ids=lambda s: s.name)
+def test_every_cost_scenario_tells_its_story_and_judges_a_mitigation(scenario: object) -> None:
+    s = scenario
+    doc = type(s).__doc__ or ""
+    assert "What breaks" in doc and "Why" in doc and "stateless design" in doc
+    assert s.tolerances and s.summary and s.title  # type: ignore[attr-defined]
+    cases = s.cases()  # type: ignore[attr-defined]
+    assert len({c.key for c in cases}) == len(cases)
+    assert all("," not in c.key and "/" not in c.key for c in cases)  # keys name run directories
+    expected = {c.expect for c in cases if c.in_quick}
+    assert expected == {"reproduced", "survived"}  # the failure and what survives it, both in --quick
+    assert s.expect == {c.label: c.expect for c in cases if c.expect}  # type: ignore[attr-defined]
+    assert s.traffic == (IN_TURNS if s.name == "s3-latency" else TOGETHER)  # type: ignore[attr-defined]
+    quick, full = s.profile(True, None), s.profile(False, None)  # type: ignore[attr-defined]
+    assert quick.users <= full.users and quick.phase_s <= full.phase_s
+
+
+def test_each_cost_scenario_runs_the_stateless_app_and_the_cases_the_issue_names() -> None:
+    labels = {s.name: [c.label for c in s.cases()] for s in REGISTRY.group(COSTS)}
+    assert labels["redis-outage"] == ["stateful", "stateless (no persistence)", "stateless (AOF everysec)",
+                                      "stateless (replica + Sentinel)", "stateless (no persistence + readyz checks)"]
+    assert labels["worker-split"] == ["stateful (4 workers)", "stateful (1 worker)", "stateless (4 workers)"]
+    assert [c.expect for c in LOST_UPDATE.cases()] == ["survived", "survived", "reproduced"]
+    assert dict(LOST_UPDATE.cases()[2].env) == {"LAB_CART_MODE": "naive"}
+    assert dict(WORKER_CRASH.cases()[2].env)["LAB_JOB_IDEMPOTENT"] == "0"
+    jwt = {c.variant: dict(c.env) for c in JWT_THEFT.cases() if c.app == "stateless"}
+    assert jwt["JWT 1 h"]["LAB_JWT_REVOCATION"] == "none" and jwt["JWT 1 h"]["LAB_JWT_ACCESS_TTL_S"] == "3600"
+    assert jwt["JWT 2 s + rotation"]["LAB_JWT_REUSE_DETECTION"] == "1"
+    assert jwt["JWT 1 h + denylist"]["LAB_JWT_REVOCATION"] == "denylist"
+
+
+REDIS_OK = dict(logins=30, items_added=80, revocations=8, failed_requests=150, failover_s=math.nan)
+
+
+def test_redis_outage_without_persistence_loses_sessions_carts_and_revocations() -> None:
+    v = REDIS_OUTAGE.verdict(m(users_logged_out=12, items_lost=40, revocations_forgotten=8, readyz_checks=0,
+                               **REDIS_OK))
+    assert v.outcome == "reproduced" and "came back empty" in v.explanation
+    assert "revocations_forgotten = 8" in v.explanation and "readyz" not in v.explanation
+
+
+def test_redis_outage_with_aof_or_a_failover_survives_despite_failed_requests() -> None:
+    aof = REDIS_OUTAGE.verdict(m(users_logged_out=0, items_lost=0, revocations_forgotten=0, **REDIS_OK))
+    assert aof.outcome == "survived" and "append-only file" in aof.explanation
+    ha = REDIS_OUTAGE.verdict(m(users_logged_out=0, items_lost=0, revocations_forgotten=0,
+                                **{**REDIS_OK, "failover_s": 2.4}))
+    assert ha.outcome == "survived" and "Sentinel" in ha.explanation and "2.4 s" in ha.explanation
+
+
+def test_redis_outage_a_single_forgotten_revocation_is_out_of_tolerance() -> None:
+    v = REDIS_OUTAGE.verdict(m(users_logged_out=0, items_lost=0, revocations_forgotten=1, **REDIS_OK))
+    assert v.outcome == "reproduced" and "revocations_forgotten = 1" in v.explanation
+
+
+def test_redis_outage_says_readyz_checks_hurt_when_they_emptied_the_rotation() -> None:
+    v = REDIS_OUTAGE.verdict(m(users_logged_out=12, items_lost=40, revocations_forgotten=8, readyz_checks=1,
+                               no_instance_s=2.3, first_success_after_back_s=0.45, **REDIS_OK))
+    assert v.outcome == "reproduced"
+    assert "every instance out at once (2.3 s" in v.explanation and "0.5 s" in v.explanation
+    assert "hurt more than it helped" in v.explanation
+
+
+def test_redis_outage_the_stateful_app_is_unaffected() -> None:
+    v = REDIS_OUTAGE.verdict(m(users_logged_out=0, items_lost=0, revocations_forgotten=0,
+                               **{**REDIS_OK, "failed_requests": 0}))
+    assert v.outcome == "survived" and "did not touch it" in v.explanation
+
+
+def test_redis_outage_without_a_revocation_probe_is_an_error() -> None:
+    v = REDIS_OUTAGE.verdict(m(users_logged_out=0, items_lost=0, revocations_forgotten=0,
+                               **{**REDIS_OK, "revocations": 0}))
+    assert v.outcome == "error" and "revocations" in v.explanation
+
+
+JWT_OK = dict(accepted_before_logout=5, replays=24, refresh_after_logout=0)
+
+
+def test_jwt_theft_a_token_that_outlives_the_run_is_judged_on_its_whole_lifetime() -> None:
+    v = JWT_THEFT.verdict(m(attacker_access_s=3599, attacker_access_measured_s=2.4, outlived_run=1, **JWT_OK))
+    assert v.outcome == "reproduced" and "whole lifetime" in v.explanation and "attacker_access_s = 3599" in \
+        v.explanation
+
+
+def test_jwt_theft_a_logout_that_ends_access_at_once_or_within_a_short_lifetime_survives() -> None:
+    at_once = JWT_THEFT.verdict(m(attacker_access_s=0, attacker_access_measured_s=0, outlived_run=0, **JWT_OK))
+    assert at_once.outcome == "survived" and "at once" in at_once.explanation
+    short = JWT_THEFT.verdict(m(attacker_access_s=1.4, attacker_access_measured_s=1.4, outlived_run=0, **JWT_OK))
+    assert short.outcome == "survived" and "1.4 s" in short.explanation
+
+
+def test_jwt_theft_a_refresh_after_the_logout_is_out_of_tolerance() -> None:
+    v = JWT_THEFT.verdict(m(attacker_access_s=0, attacker_access_measured_s=0, outlived_run=0,
+                            **{**JWT_OK, "refresh_after_logout": 1}))
+    assert v.outcome == "reproduced" and "refresh_after_logout = 1" in v.explanation
+
+
+def test_jwt_theft_without_a_working_stolen_credential_is_an_error() -> None:
+    v = JWT_THEFT.verdict(m(attacker_access_s=0, attacker_access_measured_s=0, outlived_run=0,
+                            **{**JWT_OK, "accepted_before_logout": 0}))
+    assert v.outcome == "error"
+
+
+S3_OK = dict(uploads=12, downloads=36, hangs=0, half_written=0, s3_down_uploads=20, download_p99_ms=8.0)
+
+
+def test_s3_latency_slow_downloads_reproduce_and_say_where_the_time_went() -> None:
+    v = S3_LATENCY.verdict(m(download_p50_ms=112.0, app_download_p50_ms=111.0, **S3_OK))
+    assert v.outcome == "reproduced" and "112 ms" in v.explanation
+
+
+def test_s3_latency_a_read_cache_survives_and_names_its_slow_tail() -> None:
+    v = S3_LATENCY.verdict(m(download_p50_ms=3.1, **{**S3_OK, "download_p99_ms": 115.0}))
+    assert v.outcome == "survived" and "first read of each file" in v.explanation and "failed fast" in v.explanation
+
+
+def test_s3_latency_a_hang_or_a_half_written_file_is_out_of_tolerance() -> None:
+    assert S3_LATENCY.verdict(m(download_p50_ms=3.0, **{**S3_OK, "hangs": 1})).outcome == "reproduced"
+    assert S3_LATENCY.verdict(m(download_p50_ms=3.0, **{**S3_OK, "half_written": 1})).outcome == "reproduced"
+
+
+def test_s3_latency_the_threshold_is_inclusive_and_nothing_downloaded_is_an_error() -> None:
+    assert S3_LATENCY.verdict(m(download_p50_ms=60.0, **S3_OK)).outcome == "survived"
+    assert S3_LATENCY.verdict(m(download_p50_ms=3.0, **{**S3_OK, "downloads": 0})).outcome == "error"
+
+
+CRASH_OK = dict(logins=45, items_added=300, victim_requests_before=200, dead_share=33.3)
+
+
+def test_server_crash_sticky_users_of_the_dead_instance_are_logged_out() -> None:
+    v = SERVER_CRASH.verdict(m(users_logged_out=15, items_lost=26, logged_out_share=33.3, **CRASH_OK))
+    assert v.outcome == "reproduced" and "33% of users" in v.explanation and "survivors" not in v.explanation
+
+
+def test_server_crash_ip_hash_remapping_strands_the_survivors_users_too() -> None:
+    v = SERVER_CRASH.verdict(m(users_logged_out=28, items_lost=49, logged_out_share=62.2, **CRASH_OK))
+    assert v.outcome == "reproduced" and "survivors" in v.explanation
+
+
+def test_server_crash_nothing_lost_survives_even_with_failed_requests() -> None:
+    v = SERVER_CRASH.verdict(m(users_logged_out=0, items_lost=0, logged_out_share=0.0, failed_requests=6, **CRASH_OK))
+    assert v.outcome == "survived"
+
+
+def test_server_crash_an_idle_victim_is_an_error() -> None:
+    v = SERVER_CRASH.verdict(m(users_logged_out=0, items_lost=0, **{**CRASH_OK, "victim_requests_before": 0}))
+    assert v.outcome == "error"
+
+
+JOBS_OK = dict(jobs=4, killed=1)
+
+
+def test_worker_crash_jobs_lost_with_their_process_reproduce() -> None:
+    v = WORKER_CRASH.verdict(m(jobs_lost=4, jobs_effect_doubled=0, **JOBS_OK))
+    assert v.outcome == "reproduced" and "4 of 4 will never run" in v.explanation
+
+
+def test_worker_crash_a_doubled_effect_reproduces_with_its_own_story() -> None:
+    v = WORKER_CRASH.verdict(m(jobs_lost=0, jobs_effect_doubled=1, **JOBS_OK))
+    assert v.outcome == "reproduced" and "happened twice" in v.explanation and "never run" not in v.explanation
+
+
+def test_worker_crash_at_least_once_and_idempotent_survives() -> None:
+    assert WORKER_CRASH.verdict(m(jobs_lost=0, jobs_effect_doubled=0, **JOBS_OK)).outcome == "survived"
+
+
+def test_worker_crash_without_a_kill_is_an_error() -> None:
+    assert WORKER_CRASH.verdict(m(jobs_lost=0, jobs_effect_doubled=0, jobs=4, killed=0)).outcome == "error"
+
+
+def test_worker_split_logouts_reproduce_and_say_how_many_workers_answered() -> None:
+    v = WORKER_SPLIT.verdict(m(users_logged_out=20, logins=180, page_loads=200, logouts_per_100=74.0,
+                               workers_seen=4))
+    assert v.outcome == "reproduced" and "74 of every 100" in v.explanation and "4 workers" in v.explanation
+    ok = WORKER_SPLIT.verdict(m(users_logged_out=0, logins=20, page_loads=200, logouts_per_100=0.0, workers_seen=4))
+    assert ok.outcome == "survived"
+
+
+def test_worker_split_without_page_loads_is_an_error() -> None:
+    assert WORKER_SPLIT.verdict(m(users_logged_out=0, logins=20, page_loads=0)).outcome == "error"
+
+
+def test_lost_update_items_lost_per_thousand_reproduce() -> None:
+    v = LOST_UPDATE.verdict(m(tabs=8, adds_acked=400, items_lost=158, items_lost_per_1000=395.0))
+    assert v.outcome == "reproduced" and "395 of every 1,000" in v.explanation
+    assert LOST_UPDATE.verdict(m(tabs=8, adds_acked=400, items_lost=0, items_lost_per_1000=0.0)).outcome == "survived"
+
+
+def test_lost_update_an_unreadable_cart_is_an_error_not_a_survival() -> None:
+    assert LOST_UPDATE.verdict(m(tabs=8, adds_acked=400, items_lost=math.nan)).outcome == "error"
+
+
+def test_rotation_and_failure_windows_from_samples() -> None:
+    samples = [(0.0, ("app-1", "app-2")), (1.0, ()), (1.5, ()), (2.5, ("app-1",)), (3.0, ("app-1", "app-2"))]
+    assert measure.empty_rotation_s(samples) == pytest.approx(1.5)
+    assert measure.empty_rotation_s(samples, 1.2, 2.0) == pytest.approx(0.8)
+    assert measure.empty_rotation_s([]) == 0.0
+    assert measure.back_in_rotation_at(samples, 1.2) == 2.5
+    hits = [measure.Hit(0.5, "app-1", 200, 1.0), measure.Hit(1.1, "app-1", 503, 1.0), measure.Hit(1.9, "", 503, 0.1),
+            measure.Hit(2.0, "app-2", 0, 0.0), measure.Hit(2.6, "app-1", 401, 1.0), measure.Hit(2.7, "app-2", 200, 1.0)]
+    assert measure.failure_span(hits, 1.0) == (1.1, 2.0)
+    assert measure.failure_span(hits, 2.1) is None
+    assert measure.first_answer_after(hits, 1.0) == 2.6  # a 401 is an answer: the app works, the session is gone
+    assert measure.last_routed_to(hits, "app-2", 1.0) == 2.7
+
+
+def test_count_per_second_fills_empty_seconds() -> None:
+    series = measure.count_per_second("x", [10.2, 10.3, 12.9], 10.0)
+    assert series.points == ((0.0, 2.0), (1.0, 0.0), (2.0, 1.0))
+    assert measure.count_per_second("x", [], 0.0).points == ()
 
 
 # --- judging rules ---------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ KEY_CHART: dict[str, KeyChart] = {
 }
 KEY_TITLES = {"logouts": "users logged out, per second", "items_lost": "cart items lost, per second",
               "uploads_missing": "uploads missing, per second", "errors": "failed requests, per second",
-              "db_queries": "database queries, per second", "requests": "requests per second",
+              "db_queries": "database queries, per second", "attacker_accepted": "stolen token accepted, per second", "requests": "requests per second",
               SHARES: "share of requests per instance"}
 
 

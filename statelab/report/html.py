@@ -19,7 +19,8 @@ Keys read, all optional (a missing one leaves its part out or says "no data reco
         "checks" [{"tolerance": {"figure", "op", "limit", "why"}, "value", "held"}],
         "events" [{"t", "kind", "target", "detail"}] (t: seconds since traffic started),
         "series" [{"name", "unit", "points": [[t, value], ...]}] with names "requests", "errors",
-            "logouts", "items lost", "uploads missing", "db_queries/s", "requests on <instance>",
+            "logouts", "items lost", "uploads missing", "attacker accepted", "db_queries/s",
+            "requests on <instance>",
         "instances" [{"instance", "requests", "share"}],
         "latency" {"p50_ms", "p95_ms", "p99_ms", "requests", "window"}.
     price: "scenario", "window", "stateful_p50_ms", "stateless_p50_ms", "stateful_p99_ms",
@@ -40,7 +41,7 @@ from statelab.report.first_screen import card
 from statelab.report.view import (PER_INSTANCE_PREFIX, SERIES_LABELS, AppRun, ScenarioView, as_map, as_num, loss_keys,
                                   read_journal, series_key)
 
-LOSS_STYLE = {"logouts": (svg.PURPLE, ""), "items_lost": (svg.ORANGE, "10 6"),
+LOSS_STYLE = {"logouts": (svg.PURPLE, ""), "items_lost": (svg.ORANGE, "10 6"), "attacker_accepted": (svg.VERMILLION, ""),
               "uploads_missing": (svg.GREEN, "3 5"), "db_queries": (svg.BLACK, "")}
 INSTANCE_STYLES = [(c, d) for d in svg.DASHES for c in (svg.BLUE, svg.VERMILLION, svg.GREEN, svg.PURPLE, svg.ORANGE)]
 OUTCOME_TEXT = {"reproduced": "✗ disaster reproduced", "survived": "✓ survived", "error": "⚠ scenario error"}

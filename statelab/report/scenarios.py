@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from statelab.report import noise, story
-from statelab.scenario import RunReport, Scenario, ScenarioResult
+from statelab.scenario import Registry, RunReport, Scenario, ScenarioResult
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -224,14 +224,26 @@ def summary(run: RunReport) -> None:
 
 
 def scenario_list(scenarios: Iterable[Scenario]) -> None:
-    """Print the scenarios, one line each."""
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    table.add_column("scenario")
-    table.add_column("what it replays")
-    table.add_column("expected", style="dim")
-    for s in scenarios:
-        table.add_row(s.name, s.summary, ", ".join(f"{k}: {v}" for k, v in s.expect.items()))
-    console.print(table)
+    """Print the scenarios, one line each, under their group when given a registry (`statelab run <group>`)."""
+    groups: Sequence[tuple[str, Sequence[Scenario]]]
+    if isinstance(scenarios, Registry):
+        groups = [(g, scenarios.group(g)) for g in scenarios.groups()]
+    else:
+        groups = [("", list(scenarios))]
+    for n, (group, members) in enumerate(groups):
+        title = None
+        if group:
+            first = " (what `statelab run all` runs)" if n == 0 else ""
+            title = f"[bold]{group}[/bold]: `statelab run {group}`{first}"
+        table = Table(title=title, title_justify="left", show_edge=False, pad_edge=False, header_style="bold")
+        table.add_column("scenario")
+        table.add_column("what it replays")
+        table.add_column("expected", style="dim")
+        for s in members:
+            table.add_row(s.name, s.summary, ", ".join(f"{k}: {v}" for k, v in s.expect.items()))
+        console.print(table)
+        if n < len(groups) - 1:
+            console.print()
 
 
 def wrote(label: str, path: Path) -> None:

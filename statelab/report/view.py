@@ -12,8 +12,9 @@ from typing import Any, Mapping, Sequence
 
 from statelab.report import story, svg
 
-LOSS_SERIES = ("logouts", "items_lost", "uploads_missing")
+LOSS_SERIES = ("logouts", "items_lost", "uploads_missing", "attacker_accepted")
 SERIES_LABELS = {
+    "attacker_accepted": "stolen token accepted/s",
     "requests": "requests/s",
     "errors": "errors/s",
     "logouts": "users logged out/s",
