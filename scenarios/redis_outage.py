@@ -136,8 +136,8 @@ class RedisOutage:
             lab = h.start_lab(max(profile.instances, instances), POLICY[app.app], seed_users=profile.seed_users, job_workers=0,
                               redis=mode, health_path=health_path,
                               side_instances=((PROBE, PROBE_ENV),) if stateless else ())
-            h.start_samplers(stats=True)
-            assert lab.engine is not None and h.stats is not None
+            h.start_samplers()
+            assert lab.engine is not None
             rotation = measure.RotationSampler(lab.engine.backends).start()
             h.stack.callback(rotation.stop)
             crowd = h.crowd(Population(distinct_users=profile.users, think_s=profile.get("think_s", 0.3)), "shopper",
@@ -146,7 +146,7 @@ class RedisOutage:
             probe = Revocations(lab.side[PROBE].url if stateless else h.base_url, jwt=stateless)
             probe.revoke(range(profile.users + 1, profile.users + 1 + REVOKED))
             h.hold(max(0.0, profile.phase_s - h.now()), crowd)
-            t_before = h.stats.sample()
+            cached_before = _cached_products(lab) if stateless else math.nan
             t_kill = h.phase("Redis is killed", "SIGKILL" if stateless else "the stateful app does not use it")
             if stateless:
                 lab.kill_store("redis", signal.SIGKILL)
@@ -159,27 +159,25 @@ class RedisOutage:
             if stateless:
                 lab.restart_store("redis")
             t_back = h.now()
-            h.stats.sample()
+            cached_after = _cached_products(lab) if stateless else math.nan
             h.hold(profile.get("after_s", 2.0), crowd)
-            t_end = h.stats.sample() - h.t0
+            t_end = h.now()
             if stateless:
                 _wait_ready(lab.side[PROBE].url)
             forgotten = probe.replay()
             (result,) = h.finish(crowd)
             rotation.stop()
             return self._measure(h, lab, result, rotation.samples, len(probe.revoked), forgotten,
-                                 Edges(t_before - h.t0, t_kill, t_promoted, t_back, t_end), health_path)
+                                 (cached_before, cached_after), Edges(t_kill, t_promoted, t_back, t_end), health_path)
 
     def _measure(self, h: Harness, lab: Lab, result: CrowdResult, rotation: list[tuple[float, tuple[str, ...]]],
-                 revoked: int, forgotten: int, e: "Edges", health_path: str) -> Measurements:
+                 revoked: int, forgotten: int, cached: tuple[float, float], e: "Edges",
+                 health_path: str) -> Measurements:
         hits, t0 = h.hits, h.t0
-        samples = h.stats.samples if h.stats is not None else []
         span = measure.failure_span(hits, t0 + e.kill)
         first_after_back = measure.first_answer_after(hits, t0 + e.back)
         first_after_failure = measure.first_answer_after(hits, span[0]) if span else None
         back_in_rotation = measure.back_in_rotation_at(rotation, t0 + e.back)
-        before = measure.hit_ratio(samples, t0 + 0.5, t0 + e.before)
-        after = measure.hit_ratio(samples, t0 + e.back, t0 + e.end)
         latency = measure.latency(measure.window(hits, t0, t0 + e.kill), "before the outage (the cases ran at once)")
         figures = (
             Figure("users", "simulated users", result.users, "users"),
@@ -204,8 +202,8 @@ class RedisOutage:
                    round(back_in_rotation - (t0 + e.back), 2) if back_in_rotation is not None else math.nan, "s"),
             Figure("readyz_checks", "the balancer's health checks ask /readyz (1 = yes)",
                    int(health_path == "/readyz"), ""),
-            Figure("cache_hit_before", "product cache hit ratio before the outage", _pct(before), "%"),
-            Figure("cache_hit_after", "product cache hit ratio after Redis was back", _pct(after), "%"),
+            Figure("cache_before", "products in the shared cache just before the kill", cached[0], ""),
+            Figure("cache_after", "products in it when Redis was back (0: the cache is cold)", cached[1], ""),
             Figure("p50_ms", "p50 latency (before the outage)", latency.p50_ms, "ms"),
             Figure("p99_ms", "p99 latency (before the outage)", latency.p99_ms, "ms"),
         )
@@ -229,7 +227,6 @@ class RedisOutage:
 class Edges:
     """Phase edges, in seconds since traffic started."""
 
-    before: float
     kill: float
     promoted: float  # NaN unless Sentinel promoted a replica
     back: float
@@ -289,8 +286,22 @@ def _wait_ready(url: str) -> None:
     raise ScenarioError(f"{url} was not ready {READY_TIMEOUT_S:.0f} s after Redis was back")
 
 
-def _pct(ratio: float) -> float:
-    return round(100 * ratio, 1) if ratio == ratio else math.nan
+def _cached_products(lab: Lab) -> float:
+    """Count the product keys in the lab's Redis master (found through Sentinel when there is one)."""
+    if "sentinel-1" in lab.stores:
+        sentinel = redis.Redis(port=int(lab.stores["sentinel-1"].extra["port"]), socket_timeout=TIMEOUT_S)
+        try:
+            host, port = sentinel.execute_command("SENTINEL", "get-master-addr-by-name", SENTINEL_MASTER)
+        finally:
+            sentinel.close()
+        client = redis.Redis(host=host.decode() if isinstance(host, bytes) else host, port=int(port),
+                             socket_timeout=TIMEOUT_S)
+    else:
+        client = redis.Redis.from_url(lab.stores["redis"].url, socket_timeout=TIMEOUT_S)
+    try:
+        return float(sum(1 for _ in client.scan_iter(match=f"{measure.CACHE_KEY_PREFIX}*", count=1000)))
+    finally:
+        client.close()
 
 
 def _fmt(v: float) -> str:

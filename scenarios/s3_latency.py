@@ -29,6 +29,7 @@ HANG_S = 2.0  # twice the apps' store timeout (LAB_STORE_TIMEOUT_S, 1 s): slower
 SEED_PRODUCTS = 20
 SEED_USERS = 20
 TIMEOUT_S = 5.0
+WORK_TIMEOUT_S = 30.0  # the users do a fixed amount of work; on a very busy machine it takes longer, not less
 
 
 @dataclass
@@ -52,7 +53,10 @@ class Transfers:
 
 
 def transfer_journey(t: Transfers, reads: int = READS_PER_UPLOAD) -> Journey:
-    """Return a journey: log in, upload a 100 KB file, read it `reads` times; while S3 is down, only try uploads."""
+    """Return a journey: log in, upload a 100 KB file, read it `reads` times; while S3 is down, only try uploads.
+
+    One step is one upload and its reads, so a population with `steps` does the same work in every case.
+    """
     async def transfers(user: VirtualUser) -> None:
         s3_clients: dict[tuple[str, int], HttpClient] = {}
         try:
@@ -184,8 +188,10 @@ class S3Latency:
 
     def profile(self, quick: bool, users: int | None) -> Profile:
         # Few users with a short pause: the app must not queue requests, or latency measures the queue, not S3.
-        return Profile(users=scale_profile(4, quick, 2, users), instances=1, phase_s=1.5 if quick else 5.0,
-                       extra=(("down_s", 0.6 if quick else 2.0), ("think_s", 0.05)), seed_users=SEED_USERS)
+        # A fixed amount of work (uploads per user), not a duration: every case measures the same transfers.
+        return Profile(users=scale_profile(4, quick, 2, users), instances=1, phase_s=0.0,
+                       extra=(("uploads_per_user", 4 if quick else 10), ("uploads_while_down", 3 if quick else 10),
+                              ("think_s", 0.05)), seed_users=SEED_USERS)
 
     def run(self, ctx: CaseContext) -> Measurements:
         profile, app = ctx.profile, ctx.app
@@ -198,20 +204,24 @@ class S3Latency:
             latency_ms = LATENCY_MS.get(app.variant, 0)
             if latency_ms:
                 lab.faults.add_toxic("s3", "latency", attributes={"latency": latency_ms})
-            t = Transfers()
-            crowd = h.crowd(Population(distinct_users=profile.users, think_s=profile.get("think_s", 0.05)),
-                            transfer_journey(t), ctx.seed,
-                            ramp_s=0.2, request_timeout_s=TIMEOUT_S)
-            h.phase("users upload and download", f"{profile.users} users, 100 KB files, each read "
-                                                 f"{READS_PER_UPLOAD} times" + (f", S3 + {latency_ms} ms"
-                                                                                if latency_ms else ""))
-            h.hold(profile.phase_s, crowd)
+            t, think = Transfers(), profile.get("think_s", 0.05)
+            crowds = [h.crowd(Population(distinct_users=profile.users, think_s=think,
+                                         steps=int(profile.get("uploads_per_user"))),
+                              transfer_journey(t), ctx.seed, ramp_s=0.2, request_timeout_s=TIMEOUT_S)]
+            h.phase("users upload and download", f"{profile.users} users x {int(profile.get('uploads_per_user'))} "
+                                                 f"files of 100 KB, each read {READS_PER_UPLOAD} times"
+                                                 + (f", S3 + {latency_ms} ms" if latency_ms else ""))
+            h.wait_done(crowds[0], WORK_TIMEOUT_S)
             if stateless:
                 h.phase("S3 is down", "the fault proxy refuses connections and drops the open ones")
                 t.s3_down = True
                 lab.faults.set_enabled("s3", False)
-                h.hold(profile.get("down_s", 0.8), crowd)
-            (result,) = h.finish(crowd)
+                crowds.append(h.crowd(Population(distinct_users=profile.users, think_s=think,
+                                                 steps=int(profile.get("uploads_while_down")),
+                                                 first_account=profile.users + 1),
+                                      transfer_journey(t), ctx.seed + 1, ramp_s=0.0, request_timeout_s=TIMEOUT_S))
+                h.wait_done(crowds[1], WORK_TIMEOUT_S)
+            result, *_ = h.finish(*crowds)
             if stateless:
                 lab.faults.set_enabled("s3", True)
             stored = _stored(lab, stateless, since=h.t0 - 1.0)

@@ -61,8 +61,8 @@ class ServerCrash:
 
     def profile(self, quick: bool, users: int | None) -> Profile:
         n = scale_profile(150, quick, 45, users)
-        return Profile(users=n, instances=3, phase_s=1.5 if quick else 5.0,
-                       extra=(("after_s", 2.5 if quick else 6.0), ("think_s", 0.5)), seed_users=max(n, 100))
+        return Profile(users=n, instances=3, phase_s=1.2 if quick else 5.0,
+                       extra=(("after_s", 2.0 if quick else 6.0), ("think_s", 0.5)), seed_users=max(n, 100))
 
     def run(self, ctx: CaseContext) -> Measurements:
         profile, policy = ctx.profile, ctx.app.variant

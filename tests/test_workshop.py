@@ -84,10 +84,10 @@ def test_every_variable_the_guide_sets_is_read_somewhere() -> None:
 def test_the_guide_names_only_existing_scenarios() -> None:
     from scenarios import REGISTRY
 
-    names = {s.name for s in REGISTRY}
+    names = {s.name for s in REGISTRY} | set(REGISTRY.groups())
     for _, argv in statelab_commands():
         if argv[1] == "run":
-            assert argv[2] in names | {"all"}, f"no scenario {argv[2]!r}: there are {sorted(names)}"
+            assert argv[2] in names | {"all"}, f"no scenario or group {argv[2]!r}: there are {sorted(names)}"
 
 
 @pytest.mark.live
