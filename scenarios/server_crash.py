@@ -14,6 +14,7 @@ from statelab.turns import TOGETHER
 from statelab.users import Population
 
 VICTIM = "app-2"
+FILL_TIMEOUT_S = 8.0  # at most this long for the users to fill their carts before the crash
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ class ServerCrash:
             crowd = h.crowd(Population(distinct_users=profile.users, think_s=profile.get("think_s", 0.5)), "shopper",
                             ctx.seed, ramp_s=min(1.0, profile.phase_s))
             h.phase("users log in and shop", f"{policy} over {profile.instances} instances")
-            h.hold(profile.phase_s, crowd)
+            # The crash strikes users with something to lose: a busy machine only makes this phase longer.
+            h.hold_until(lambda c: c.items_added >= 3 * profile.users, crowd, profile.phase_s, FILL_TIMEOUT_S)
             t_kill = h.phase("an instance is killed", f"{VICTIM}, SIGKILL, not restarted")
             lab.kill(VICTIM, signal.SIGKILL)
             h.hold(profile.get("after_s", 2.5), crowd)

