@@ -104,7 +104,7 @@ class JwtTheft:
             base = h.base_url
             h.phase("a user browses (the price of each check)", f"{int(profile.get('timed_requests'))} GET /me")
             lookups_before = measure.redis_command_calls(redis_url, "exists") if redis_url else 0
-            timings = _timed_me(base, jwt, int(profile.get("timed_requests")))
+            timings, refreshes = _timed_me(base, jwt, int(profile.get("timed_requests")))
             lookups = (measure.redis_command_calls(redis_url, "exists") - lookups_before) if redis_url else 0
             reuse = _reuse_detected(base) if jwt else math.nan
             t_login = h.phase("the victim logs in; the attacker copies the token")
@@ -112,10 +112,12 @@ class JwtTheft:
             replays = _attack(h, base, stolen, victim, jwt, profile)
             t_logout = replays.logout_at - h.t0
             h.finish()
-            return self._measure(h, replays, stolen, timings, lookups, reuse, t_login, t_logout, jwt, profile)
+            return self._measure(h, replays, stolen, timings, refreshes, lookups, reuse, t_login, t_logout, jwt,
+                                 profile)
 
-    def _measure(self, h: Harness, replays: Replays, stolen: dict[str, str], timings: list[float], lookups: int,
-                 reuse: float, t_login: float, t_logout: float, jwt: bool, profile: Profile) -> Measurements:
+    def _measure(self, h: Harness, replays: Replays, stolen: dict[str, str], timings: list[float], refreshes: int,
+                 lookups: int, reuse: float, t_login: float, t_logout: float, jwt: bool,
+                 profile: Profile) -> Measurements:
         after = replays.accepted_after_logout()
         measured_s = round(max(after) - replays.logout_at, 2) if after else 0.0
         last = max(replays.accepted + replays.refused, default=math.nan)
@@ -143,6 +145,8 @@ class JwtTheft:
             Figure("me_p99_ms", "GET /me p99", latency.p99_ms, "ms"),
             Figure("redis_lookups_per_request", "Redis lookups per request (the denylist's EXISTS)",
                    round(lookups / len(timings), 2) if jwt and timings else math.nan, ""),
+            Figure("refreshes", f"refreshes a user needed over {len(timings)} requests (a short token's price)",
+                   refreshes if jwt else math.nan, ""),
         )
         events = h.events() + (Event(t_logout, "phase", "the victim logs out", "the attacker keeps replaying"),)
         series = (measure.count_per_second("requests", replays.accepted + replays.refused, h.t0),
@@ -184,16 +188,27 @@ def _login(base: str, account: int, jwt: bool) -> tuple[dict[str, str], requests
     return {k: v for k, v in s.cookies.items() if v is not None}, s
 
 
-def _timed_me(base: str, jwt: bool, n: int) -> list[float]:
-    """Return the latencies (ms) of n GET /me of one logged-in user: what each check of the credential costs."""
+def _timed_me(base: str, jwt: bool, n: int) -> tuple[list[float], int]:
+    """Return the latencies (ms) of n GET /me of one logged-in user (what each check of the credential
+    costs), and how many refreshes a short-lived token needed meanwhile (those requests are not timed)."""
     creds, _ = _login(base, BYSTANDER, jwt)
     s = _session(jwt, creds)
-    out = []
-    for _ in range(n):
+    out: list[float] = []
+    refreshes = 0
+    while len(out) < n:
         t = time.perf_counter()
-        s.get(f"{base}/me", timeout=TIMEOUT_S).raise_for_status()
+        r = s.get(f"{base}/me", timeout=TIMEOUT_S)
+        if r.status_code == 401 and jwt and refreshes < n:  # the access token expired: refresh, as a client does
+            fresh = requests.post(f"{base}/token/refresh", json={"refresh_token": creds["refresh_token"]},
+                                  timeout=TIMEOUT_S)
+            fresh.raise_for_status()
+            creds = {"access_token": fresh.json()["access_token"], "refresh_token": fresh.json()["refresh_token"]}
+            s.headers["Authorization"] = f"Bearer {creds['access_token']}"
+            refreshes += 1
+            continue
+        r.raise_for_status()
         out.append((time.perf_counter() - t) * 1000)
-    return out
+    return out, refreshes
 
 
 def _reuse_detected(base: str) -> float:
@@ -220,7 +235,7 @@ def _attack(h: Harness, base: str, stolen: dict[str, str], victim: requests.Sess
         if h.ctx.turn.aborted:
             raise KeyboardInterrupt
         if math.isnan(replays.logout_at) and time.time() >= logout_at:
-            victim.post(f"{base}/logout", timeout=TIMEOUT_S).raise_for_status()
+            _logout(base, victim, stolen, jwt)
             replays.logout_at = time.time()
         status = thief.get(f"{base}/me", timeout=TIMEOUT_S).status_code
         (replays.accepted if status == 200 else replays.refused).append(time.time())
@@ -232,6 +247,18 @@ def _attack(h: Harness, base: str, stolen: dict[str, str], victim: requests.Sess
                 replays.refreshes_ok += r.status_code == 200
         time.sleep(every)
     return replays
+
+
+def _logout(base: str, victim: requests.Session, creds: dict[str, str], jwt: bool) -> None:
+    """Log the victim out; a short token that expired meanwhile is refreshed first, as a client would."""
+    r = victim.post(f"{base}/logout", timeout=TIMEOUT_S)
+    if r.status_code == 401 and jwt:
+        fresh = requests.post(f"{base}/token/refresh", json={"refresh_token": creds["refresh_token"]},
+                              timeout=TIMEOUT_S)
+        fresh.raise_for_status()
+        victim.headers["Authorization"] = f"Bearer {fresh.json()['access_token']}"
+        r = victim.post(f"{base}/logout", timeout=TIMEOUT_S)
+    r.raise_for_status()
 
 
 def _lifetime_left_s(token: str, at: float) -> float:

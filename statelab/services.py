@@ -161,35 +161,52 @@ def start_redis(run_dir: Path, port: int | None = None, *, name: str = "redis", 
             "--protected-mode", "no", "--daemonize", "no"]
     if replicaof is not None:
         argv += ["--replicaof", replicaof[0], str(replicaof[1])]
-    probe = _replica_probe(port) if replicaof is not None else _redis_probe(port)
+    probe = _replica_probe(port, data) if replicaof is not None else _redis_probe(port, data)
     proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", probe=probe).start()
     return Service(name, proc, f"redis://127.0.0.1:{port}/0", extra={"port": str(port)},
                    respawn=lambda: start_redis(run_dir, name=name, appendonly=appendonly, replicaof=replicaof))
 
 
-def _redis_probe(port: int) -> Probe:
+def _redis_probe(port: int, data: Path) -> Probe:
+    """Return a probe that passes once *this* Redis answers on port (its data directory is ours).
+
+    A port picked as free may be taken by another lab's Redis before ours binds it: ours exits, and
+    the other one would answer a plain PING.
+    """
     import redis
 
     def probe() -> bool:
+        client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
         try:
-            return bool(redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping())
+            return _same_dir(client.config_get("dir").get("dir"), data)
         except redis.RedisError:
             return False
+        finally:
+            client.close()
 
     return probe
 
 
-def _replica_probe(port: int) -> Probe:
+def _replica_probe(port: int, data: Path) -> Probe:
     import redis
 
     def probe() -> bool:
+        client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
         try:
-            info = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5).info("replication")
+            info = client.info("replication")
+            return info.get("master_link_status") == "up" and _same_dir(client.config_get("dir").get("dir"), data)
         except redis.RedisError:
             return False
-        return info.get("master_link_status") == "up"
+        finally:
+            client.close()
 
     return probe
+
+
+def _same_dir(reported: object, expected: Path) -> bool:
+    if isinstance(reported, bytes):
+        reported = reported.decode()
+    return isinstance(reported, str) and os.path.realpath(reported) == os.path.realpath(expected)
 
 
 SENTINEL_MASTER = "statelab"
@@ -286,7 +303,6 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
     with 1 MB WAL segments (`wal_segment_mb`) and its spare segments dropped, so each copy writes
     about 1 MB of WAL, not 32.
     """
-    port = port or free_port()
     bindir = find_postgres_bindir()
     user = group = None
     cleanup: list[Path] = []
@@ -308,14 +324,15 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
     else:
         password = Secret((template / "password").read_text())
         _copy_cluster(template / "data", datadir, user, group)
+    port = port or free_port()  # only now: the longer between picking a port and binding it, the likelier a clash
     argv = [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1", "-k", "",
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             "-c", "max_connections=300", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"]
     url = f"postgresql://{POSTGRES_USER}:{password.value}@127.0.0.1:{port}/postgres"
-    proc = ManagedProcess("postgres", argv, run_dir / "logs" / "postgres.log", probe=_pg_probe(url),
+    proc = ManagedProcess("postgres", argv, run_dir / "logs" / "postgres.log", probe=_pg_probe(url, datadir),
                           user=user, group=group, cwd=base).start()
     return Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port), "bindir": str(bindir)},
-                   respawn=lambda: start_postgres(run_dir))
+                   respawn=lambda: start_postgres(run_dir, template=template, wal_segment_mb=wal_segment_mb))
 
 
 def _initdb(bindir: Path, base: Path, datadir: Path, password: Secret, log_path: Path, user: int | None,
@@ -411,15 +428,21 @@ def postgres_template(users: int, products: int) -> Path:
     return root
 
 
-def _pg_probe(url: str) -> Probe:
+def _pg_probe(url: str, datadir: Path) -> Probe:
+    """Return a probe that passes once *this* PostgreSQL accepts url (its data directory is ours).
+
+    Copies of one template share its password until rotated: on a port clash, the other lab's
+    server would accept ours.
+    """
     import psycopg
 
     def probe() -> bool:
         try:
-            with psycopg.connect(url, connect_timeout=1):
-                return True
+            with psycopg.connect(url, connect_timeout=1) as conn:
+                row = conn.execute("SHOW data_directory").fetchone()
         except psycopg.Error:
             return False
+        return row is not None and _same_dir(row[0], datadir)
 
     return probe
 
@@ -453,7 +476,7 @@ def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | N
     # Any HTTP answer (403 without credentials) means the S3 gateway is serving. weed takes 2.2 s to
     # honour SIGTERM; a lab's S3 data dies with its run, so a short grace keeps labs quick to stop.
     proc = ManagedProcess("s3", argv, run_dir / "logs" / "s3.log",
-                          probe=http_probe(endpoint + "/", lambda s: s in (200, 403)),
+                          probe=_s3_probe(endpoint, access_key, secret_key),
                           env=env, cwd=data, stop_grace_s=0.3).start()
     return Service("s3", proc, endpoint,
                    extra={"access_key": access_key, "secret_key": secret_key.value, "ports": json.dumps(ports)},
@@ -478,6 +501,28 @@ def remove_weed_sockets(ports: Iterable[int], tmp: Path = WEED_SOCKET_DIR) -> li
             except FileNotFoundError:
                 pass
     return removed
+
+
+def _s3_probe(endpoint: str, access_key: str, secret_key: Secret) -> Probe:
+    """Return a probe that passes once *this* S3 serves a signed request (another lab's refuses our secret)."""
+    from minio import Minio
+    from minio.error import MinioException
+
+    import urllib3
+
+    def probe() -> bool:
+        http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=0.5, read=1.0), retries=False)
+        client = Minio(endpoint.removeprefix("http://"), access_key=access_key, secret_key=secret_key.value,
+                       secure=False, region="us-east-1", http_client=http)
+        try:
+            client.list_buckets()
+            return True
+        except (MinioException, urllib3.exceptions.HTTPError, OSError):
+            return False
+        finally:
+            http.clear()
+
+    return probe
 
 
 def start_app(kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], port: int | None = None,
