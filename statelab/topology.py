@@ -68,8 +68,9 @@ class LabSpec:
     # Instances next to the lab, not behind its balancer: (id, extra LAB_* settings), e.g. a JWT-mode probe.
     side_instances: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
 
-    def validate(self) -> None:
-        if self.app not in APP_KINDS:
+    def validate(self, any_app: bool = False) -> None:
+        """Raise a ConfigError for a setting no lab can run; any_app: `app` is only a label (own instance starter)."""
+        if not any_app and self.app not in APP_KINDS:
             raise ConfigError(f"unknown app {self.app!r}: choose one of {', '.join(APP_KINDS)}")
         if self.policy not in POLICY_NAMES:
             raise ConfigError(f"unknown policy {self.policy!r}: choose one of {', '.join(POLICY_NAMES)}")
@@ -154,7 +155,7 @@ class Lab:
 
     def __init__(self, spec: LabSpec, clock: Callable[[], float] = time.monotonic, *,
                  start_instance: StartInstance = services.start_app, engine_factory: MakeEngine = make_engine) -> None:
-        spec.validate()
+        spec.validate(any_app=start_instance is not services.start_app)
         self.spec = spec
         self.run_dir = spec.run_dir.resolve()
         self._clock = clock
