@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from statelab.balancer.policies import POLICY_NAMES
+from statelab.check.options import DEFAULT_INSTANCES, DEFAULT_RUN_TIME_S, DEFAULT_START_TIMEOUT_S, DEFAULT_USERS
 from statelab.config import APP_KINDS, default_run_root
 from statelab.engines import ENGINE_NAMES
 from statelab.errors import ConfigError, LabError
@@ -202,6 +203,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a proxy to create at start, e.g. s3=127.0.0.1:18333=127.0.0.1:8333; repeat for more")
     p.add_argument("--no-uvloop", action="store_true", help="use plain asyncio")
     p.set_defaults(func=cmd_faults)
+
+    p = sub.add_parser("check", help="check whether YOUR service keeps its users' state when it scales out",
+                       description="Run your app as several instances behind a balancer, each with its own disk, "
+                                   "with Redis, PostgreSQL and S3 started for it; run your Locust journey through a "
+                                   "pinned baseline, round-robin, a rolling deploy, a SIGKILL and a scale-out from 2 "
+                                   "to 4; compare the failures your journey marks with the baseline; list what each "
+                                   "instance wrote to its local disk. Exit 0 when no check found lost state, 1 when "
+                                   "some did, 2 when the check could not run. See docs/check.md.",
+                       epilog="Start with `statelab check --init-journey journey.py`.")
+    p.add_argument("app", nargs="?", metavar="APP",
+                   help="your app as gunicorn takes it (module:app, module:create_app()), importable from here")
+    p.add_argument("--cmd", help="start each instance with this command instead (any language); {port} is replaced "
+                                 "by its port, also given as $PORT")
+    p.add_argument("--journey", type=Path, metavar="LOCUSTFILE", help="a Locust file: one user of your app, marking "
+                   "lost state with catch_response and r.failure(\"...\")")
+    p.add_argument("--init-journey", type=Path, metavar="FILE", help="write a commented example journey to FILE")
+    p.add_argument("--instances", type=int, default=DEFAULT_INSTANCES,
+                   help=f"instances behind the balancer (default: {DEFAULT_INSTANCES})")
+    p.add_argument("--users", type=int, default=DEFAULT_USERS, help=f"simulated users (default: {DEFAULT_USERS})")
+    p.add_argument("--run-time", default=f"{DEFAULT_RUN_TIME_S:g}", metavar="S",
+                   help=f"seconds of traffic per phase (default: {DEFAULT_RUN_TIME_S:g})")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="also set this for every instance; repeat for more")
+    p.add_argument("--ready-path", metavar="PATH", help="an instance is ready when PATH answers 2xx/3xx "
+                                                        "(default: when its port answers HTTP at all)")
+    p.add_argument("--start-timeout", type=float, default=DEFAULT_START_TIMEOUT_S, metavar="S",
+                   help=f"seconds an instance may take to become ready (default: {DEFAULT_START_TIMEOUT_S:g})")
+    p.add_argument("--json", type=Path, dest="json_path", help="write the report as JSON here")
+    p.add_argument("--junit", type=Path, help="write JUnit XML here (one test case per check)")
+    p.add_argument("--html", type=Path, help="write a self-contained HTML report here")
+    p.add_argument("--run-dir", type=Path, help="where logs go (default: .statelab/runs/...)")
+    p.set_defaults(func=cmd_check)
     return parser
 
 
@@ -526,6 +559,36 @@ def cmd_faults(args: argparse.Namespace) -> int:
         report.error(str(exc))
         return EXIT_ERROR
     return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from statelab.check.journey import write_example
+    from statelab.check.options import CheckOptions, parse_env, parse_run_time
+    from statelab.check.run import run_check
+    from statelab.errors import ConfigError
+    from statelab.report import check as report
+    from statelab.report.lab import progress
+
+    if args.init_journey is not None:
+        write_example(args.init_journey)
+        report.wrote_example(args.init_journey)
+        return EXIT_OK
+    if args.journey is None:
+        raise ConfigError("--journey LOCUSTFILE is required (write an example with --init-journey FILE)")
+    opts = CheckOptions(journey=args.journey, run_dir=args.run_dir or _default_run_dir("check"), app=args.app,
+                        cmd=args.cmd, instances=args.instances, users=args.users,
+                        run_time_s=parse_run_time(args.run_time), env=parse_env(args.env), ready_path=args.ready_path,
+                        start_timeout_s=args.start_timeout, project_dir=Path.cwd(), json_path=args.json_path,
+                        junit_path=args.junit, html_path=args.html)
+    result = run_check(opts, progress=progress)
+    report.show(result)
+    for path, write, label in ((opts.json_path, report.write_json, "JSON report"),
+                               (opts.junit_path, report.write_junit, "JUnit XML"),
+                               (opts.html_path, report.write_html, "HTML report")):
+        if path is not None:
+            write(result, path)
+            report.wrote(label, path)
+    return result.exit_code
 
 
 # --- entry point ------------------------------------------------------------------------------
