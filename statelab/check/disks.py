@@ -179,7 +179,7 @@ def prepare(project: Path, forced: Mode | None = None) -> Disks:
     tmp_root = Path(tempfile.gettempdir()).resolve()
     usable = shutil.which("unshare") and shutil.which("mount") and not project.is_relative_to(Path("/tmp"))
     usable = usable and not project.is_relative_to(tmp_root) and not root.resolve().is_relative_to(project)
-    candidates: tuple[Mode, ...] = ("private", "tmp-only")
+    candidates: tuple[Mode, ...] = ("private", "tmp-only")  # the probe decides: overlayfs may be refused
     if usable:
         for mode in candidates:
             disks.mode = mode

@@ -35,7 +35,7 @@ class CheckedInstance(services.Service):
         try:
             self.process.wait_ready(self.start_timeout_s if timeout_s is None else timeout_s)
         except ServiceFailed as exc:
-            if self.process.poll() is not None:
+            if "was not ready after" not in str(exc):  # it exited: its own message and log tail say why
                 raise
             raise ServiceFailed(f"{self.name} did not become ready within {self.start_timeout_s:g} s "
                                 f"({self.probe_text}; log: {self.process.log_path})", exc.log_tail) from None

@@ -2,8 +2,8 @@
 
 Locust runs as its own process (as `statelab load` does) with `child/locustfile.py`, which imports
 the journey and counts what it sees. One fresh Locust per phase: each phase starts with new users
-who log in afresh, so what one phase broke never spills into the next phase's figures; Locust's
-start (about a second) is the price, paid once per phase.
+who log in afresh, so what one phase broke never spills into the next phase's figures. Locust's
+start (about a second) would be paid once per phase; a gate hides it (see `JourneyRun`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from statelab.errors import ConfigError, ServiceFailed
 from statelab.procs import ManagedProcess, log_tail
 
 LOCUSTFILE = Path(__file__).resolve().parent / "child" / "locustfile.py"
-FIRST_REQUEST_TIMEOUT_S = 15.0  # from go(): Locust may still be starting (about a second), then the first request
 SPAWN_RATE_FACTOR = 10  # every user spawned within a tenth of a second
 RUN_TIME_CAP = "30m"  # Locust stops on its own after this even if nobody stops it (it never should)
 STOP_GRACE_S = 10.0
@@ -143,7 +142,7 @@ class JourneyRun:
                               f"log: {self.log_path})\n--- log tail ---\n{tail}")
         raise ServiceFailed(f"Locust running the journey exited early with code {code} (log: {self.log_path})", tail)
 
-    def wait_first_request(self, timeout_s: float = FIRST_REQUEST_TIMEOUT_S) -> float:
+    def wait_first_request(self, timeout_s: float) -> float:
         """Return the wall-clock time of the journey's first request; a ConfigError if none comes."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

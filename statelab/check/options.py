@@ -18,8 +18,9 @@ from statelab.loadgen import parse_duration_s
 
 DEFAULT_INSTANCES = 3
 DEFAULT_USERS = 20
-DEFAULT_RUN_TIME_S = 6.0
+DEFAULT_RUN_TIME_S = 5.0  # per phase: the whole default check stays under a minute on a busy 2-core machine
 DEFAULT_START_TIMEOUT_S = 20.0
+FIRST_REQUEST_TIMEOUT_S = 15.0  # from a phase's go: Locust may still be starting (about a second), then a request
 DEFAULT_THREADS = 8
 SCALE_FROM, SCALE_TO = 2, 4
 # What the check itself sets for every instance: the stores it started, where to listen, its own /tmp.
@@ -95,6 +96,7 @@ class CheckOptions:
     env: tuple[tuple[str, str], ...] = ()
     ready_path: str | None = None
     start_timeout_s: float = DEFAULT_START_TIMEOUT_S
+    first_request_timeout_s: float = FIRST_REQUEST_TIMEOUT_S
     threads: int = DEFAULT_THREADS
     project_dir: Path = Path(".")
     json_path: Path | None = None

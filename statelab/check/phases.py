@@ -1,10 +1,10 @@
 """The phases of a check, one after the other on one lab: the journey runs, the balancer routes, a fault hits.
 
-Every phase has a fresh Locust (fresh users), started behind a gate while the previous phase's
-traffic ends, and times itself from the journey's first request after the gate opens:
-half of --run-time of traffic, the fault, then the other half (a phase without a fault runs the
-whole --run-time). The lab's own events during the phase (draining, stopped, ready, crashed...)
-are kept on the phase's clock as part of the evidence.
+Every phase has a fresh Locust (fresh users), started behind a gate while the previous phase runs,
+and times itself from the journey's first request after the gate opens: half of --run-time of
+traffic, the fault, then the other half (a phase without a fault runs the whole --run-time). The
+lab's own events during the phase (draining, stopped, ready, crashed...) are kept on the phase's
+clock as part of the evidence.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def journey_run(opts: CheckOptions, host: str, run_dir: Path, phase: Phase) -> J
 
 
 def run_phases(ctx: PhaseContext, plan: Sequence[Phase], first: JourneyRun) -> dict[str, PhaseStats]:
-    """Run every phase in order; each next phase's Locust starts (gated) while the current one's traffic ends."""
+    """Run every phase in order, first's Locust already started; each next one starts (gated) during its predecessor."""
     stats: dict[str, PhaseStats] = {}
     run: JourneyRun | None = first
     try:
@@ -76,14 +76,14 @@ def run_phase(ctx: PhaseContext, phase: Phase, run: JourneyRun,
     served_before = _served(lab)
     try:
         run.go()
-        t0 = run.wait_first_request()
+        t0 = run.wait_first_request(opts.first_request_timeout_s)
         lab_t0 = lab.now() - (time.time() - t0)  # the lab's clock at the first request
         if following is not None:  # it loads now and waits at its gate: its start-up costs no phase any time
             upcoming = journey_run(opts, ctx.host, ctx.run_dir, following).start()
         if phase.fault:
             run.wait_until(t0 + opts.run_time_s / 2)
             fault_at = time.time() - t0
-            fault = _inject(ctx, phase)
+            fault = _inject(ctx, phase, served_before)
             # A kill is over at once (users move while the lab restarts the instance); a deploy or a
             # scale-out is over when the last instance serves: the second half is counted from there.
             run.wait_until((t0 + fault_at if phase.fault == "kill" else time.time()) + opts.run_time_s / 2)
@@ -111,7 +111,7 @@ def _served(lab: Lab) -> dict[str, int]:
     return {b.id: b.requests for b in lab.engine.backends()} if lab.engine is not None else {}
 
 
-def _inject(ctx: PhaseContext, phase: Phase) -> str:
+def _inject(ctx: PhaseContext, phase: Phase, served_before: dict[str, int]) -> str:
     """Apply the phase's fault (blocking until it is over) and return what was done, in words."""
     lab, started = ctx.lab, time.monotonic()
     if phase.fault == "deploy":
@@ -121,11 +121,13 @@ def _inject(ctx: PhaseContext, phase: Phase) -> str:
         return (f"rolling deploy: {count} instances drained, stopped and started again one at a time "
                 f"(each on a fresh disk), {time.monotonic() - started:.1f} s")
     if phase.fault == "kill":
-        victim = sorted(lab.instances)[0]
+        # the instance that served the most of this phase so far: it holds the most users
+        served = _served(lab)
+        victim = max(sorted(lab.instances), key=lambda i: served.get(i, 0) - served_before.get(i, 0))
         ctx.progress(f"  SIGKILL to {victim}")
         ctx.carried[victim] = _kill_and_wait(lab, victim)
-        return (f"SIGKILL to {victim}; the lab restarted it (fresh disk) and it served again after "
-                f"{time.monotonic() - started:.1f} s")
+        return (f"SIGKILL to {victim} (the busiest instance); the lab restarted it (fresh disk) and it served "
+                f"again after {time.monotonic() - started:.1f} s")
     if phase.fault == "scale":
         before = len(lab.instances)
         ctx.progress(f"  scale-out from {before} to {SCALE_TO} instances")

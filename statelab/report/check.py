@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from statelab.check.result import CheckReport, CheckResult, DiskFile, KindChange, PhaseStats
+from statelab.check.result import CheckReport, CheckResult, DiskFile, Example, KindChange, PhaseStats
 from statelab.report import html
 
 console = Console(highlight=False)
@@ -48,7 +48,7 @@ def _phase_line(phase: PhaseStats) -> str:
     return text
 
 
-def _example(e: Any) -> str:
+def _example(e: Example) -> str:
     return f"+{e.t_s:.2f} s {e.method} {e.name} -> {e.status or 'no answer'} {e.error!r}"
 
 
