@@ -61,7 +61,8 @@ def judge_phase(name: str, title: str, baseline: PhaseStats, phase: PhaseStats) 
     else:
         summary = f"no failure kind rose above the baseline in {phase.requests} requests"
         if phase.unanswered:
-            summary += f" ({phase.unanswered} requests got no answer from the app: not lost state)"
+            n = phase.unanswered
+            summary += f" ({n} request{'s' if n != 1 else ''} got no answer from the app: not lost state)"
     return CheckResult(name, title, "failed" if risen else "passed", summary, phase, changes)
 
 

@@ -199,7 +199,7 @@ class Shopper(HttpUser):
     def on_start(self) -> None:
         self.username = f"user{next(_numbers):04d}"
         self.logged_in = False
-        self.cart: dict[str, int] = {}  # what this user added, as the server confirmed it
+        self.cart: dict[int, int] = {}  # what this user added, as the server confirmed it
 
     def login(self) -> None:
         with self.client.post("/login", json={"username": self.username, "password": "secret"},
@@ -214,13 +214,13 @@ class Shopper(HttpUser):
     def add_to_cart(self) -> None:
         if not self.logged_in:
             return self.login()
-        item = f"item-{len(self.cart) % 5}"
-        with self.client.post("/cart/items", json={"product_id": item, "qty": 1}, catch_response=True) as r:
+        product = 1 + len(self.cart) % 5
+        with self.client.post("/cart/items", json={"product_id": product, "qty": 1}, catch_response=True) as r:
             if r.status_code == 401:
                 r.failure("logged out")  # the server forgot a session it gave us
                 self.logged_in = False
             elif r.status_code in (200, 201):
-                self.cart[item] = self.cart.get(item, 0) + 1
+                self.cart[product] = self.cart.get(product, 0) + 1
 
     @task(2)
     def check_cart(self) -> None:
@@ -233,8 +233,8 @@ class Shopper(HttpUser):
                 return
             if r.status_code != 200:
                 return  # not about state: Locust counts a 4xx/5xx as `HTTP <status>` on its own
-            shown = {i["product_id"]: i["qty"] for i in r.json().get("items", [])}
-            if any(shown.get(item, 0) < qty for item, qty in self.cart.items()):
+            shown = {int(i["product_id"]): int(i["qty"]) for i in r.json().get("items", [])}
+            if any(shown.get(product, 0) < qty for product, qty in self.cart.items()):
                 r.failure("cart lost")  # items the server confirmed are gone
             self.cart = shown  # the server is the truth from here on: each loss is counted once
 '''
