@@ -54,8 +54,10 @@ class InstanceStarter:
     started: list[CheckedInstance] = field(default_factory=list)
 
     def __call__(self, kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], *,
-                 port: int | None, threads: int) -> services.Service:
-        """Start instance_id's next process on port (a free one if None); the lab's LAB_* env is not passed on."""
+                 port: int | None, threads: int, workers: int = 1) -> services.Service:
+        """Start instance_id's next process on port (a free one if None); the lab's LAB_* env is not passed on.
+
+        threads and workers are the lab's gunicorn settings: a user's command sets its own."""
         port = port or free_port()
         disk = self.disks.new(instance_id)
         argv, disk_env, cwd = self.disks.wrap(disk, self.opts.command(port))
