@@ -8,10 +8,12 @@ is started with PR_SET_PDEATHSIG so the kernel kills it if the lab is killed wit
 from __future__ import annotations
 
 import atexit
+import collections
 import ctypes
 import logging
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -33,10 +35,51 @@ _PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a port that was free on host a moment ago (callers retry on 'address in use')."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Return a port that was free on host a moment ago (callers retry on 'address in use').
+
+    The port comes from below the kernel's ephemeral range, which every outgoing connection takes
+    its source port from: under load (thousands of balancer and Locust connections a second) a port
+    picked there is often taken by some client's connection before the server binds it, and a server
+    such as SeaweedFS then fails to start. A port handed out recently in this process is not handed
+    out again, and a random start keeps parallel labs apart.
+    """
+    low, high = _LISTEN_RANGE
+    with _recent_lock:
+        for _ in range(64):
+            port = _random.randrange(low, high)
+            if port in _recent or not _bindable(host, port):
+                continue
+            _recent.append(port)
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range: let the kernel pick
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _bindable(host: str, port: int) -> bool:
+    """Can a listener bind host:port now (no SO_REUSEADDR: a port in TIME_WAIT counts as taken)?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _listen_range() -> tuple[int, int]:
+    """Return the ports to pick listeners from: 20000 up to the start of the ephemeral range."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low = 20000 if ephemeral_low > 24000 else 10000
+    return low, max(low + 1000, ephemeral_low)
+
+
+_LISTEN_RANGE = _listen_range()
+_random = random.SystemRandom()  # not the global generator, which a scenario seeds
+_recent: collections.deque[int] = collections.deque(maxlen=512)
+_recent_lock = threading.Lock()
 
 
 def tcp_probe(host: str, port: int) -> Probe:

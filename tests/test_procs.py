@@ -131,3 +131,21 @@ def test_no_orphans_when_the_parent_dies(tmp_path: Path, how: str) -> None:
         if parent.poll() is None:
             os.killpg(parent.pid, signal.SIGKILL)
             parent.wait()
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_not_repeated() -> None:
+    """Listeners' ports come from below the range outgoing connections take source ports from."""
+    import socket
+
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(p < ephemeral_low for p in ports), [p for p in ports if p >= ephemeral_low]
+    # A port some client's connection holds as its source port is not handed out.
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.connect(server.getsockname())
+        held = client.getsockname()[1]
+        from statelab import procs
+        assert not procs._bindable("127.0.0.1", held)
