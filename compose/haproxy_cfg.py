@@ -6,8 +6,10 @@
 The native lab lists its servers (`render_config`); in compose, replicas have no fixed addresses,
 so each app's backend fills server slots from the engine's DNS (`server-template` + `resolvers`)
 instead. The resolvers come from the container's resolv.conf (`parse-resolv-conf`): Docker puts
-its embedded DNS (127.0.0.11) there, podman its network's aardvark-dns, so one file serves both. The policy lines come from statelab.engines.haproxy.BALANCE, so both engines agree on
-what `round-robin` or `ip-hash` means; tests/test_compose.py checks the checked-in file is current.
+its embedded DNS (127.0.0.11) there, podman its network's aardvark-dns, so one file serves both.
+The policy lines and the defaults come from statelab.engines.haproxy (BALANCE, DEFAULTS), so both
+engines agree on what `round-robin` or `ip-hash` means and on the timeouts; tests/test_compose.py
+checks the checked-in file is current.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from statelab.engines.haproxy import BALANCE
+from statelab.engines.haproxy import BALANCE, DEFAULTS
 
 CFG_PATH = Path(__file__).resolve().parent / "haproxy.cfg"
 APPS = (("stateful", 8000), ("stateless", 8001))  # service name, published port
@@ -62,16 +64,9 @@ def render(policy: str = "round-robin") -> str:
         "    accepted_payload_size 8192",
         "",
         "defaults",
-        "    mode http",
+        *(f"    {line}" for line in DEFAULTS),
         "    log global",
         "    option httplog",
-        "    option http-keep-alive",
-        "    option forwardfor",
-        "    timeout connect 2s",
-        "    timeout client 60s",
-        "    timeout server 60s",
-        "    timeout http-request 10s",
-        "    timeout http-keep-alive 60s",
         "    default-server init-addr none resolvers dns check inter 1s rise 2 fall 2",
     ]
     for app, port in APPS:

@@ -44,6 +44,19 @@ BALANCE = {
 DYNAMIC_POLICIES = frozenset(POLICY_NAMES) - {"ip-hash"}
 
 
+# HAProxy's defaults for the lab: the native engine's config and compose/haproxy.cfg both take them from here.
+DEFAULTS = (
+    "mode http",
+    "option http-keep-alive",
+    "option forwardfor",
+    "timeout connect 2s",
+    "timeout client 60s",
+    "timeout server 60s",
+    "timeout http-request 10s",
+    "timeout http-keep-alive 60s",
+)
+
+
 def server_line(policy: str, backend_id: str, address: str) -> str:
     """Return the `server` line for one backend (checks on; a cookie value for the cookie policy)."""
     split_address(address)  # ValueError on a malformed address
@@ -69,14 +82,7 @@ def render_config(*, bind: str, backends: Sequence[tuple[str, str]], policy: str
     lines = glob + [
         "",
         "defaults",
-        "    mode http",
-        "    option http-keep-alive",
-        "    option forwardfor",
-        "    timeout connect 2s",
-        "    timeout client 60s",
-        "    timeout server 60s",
-        "    timeout http-request 10s",
-        "    timeout http-keep-alive 60s",
+        *(f"    {line}" for line in DEFAULTS),
         "",
         "frontend lab",
         f"    bind {bind}",
