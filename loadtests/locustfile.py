@@ -30,11 +30,10 @@ from urllib.parse import urlsplit
 
 import locust.stats
 from locust import HttpUser, between, task
-from requests.adapters import HTTPAdapter
 
 from statelab.seed import SEED_PASSWORD, SEED_PRODUCTS, SEED_USERS, username
 from statelab.users import JOB_DEADLINE_S
-from statelab.users.population import user_address, zipf_cumulative  # the scenario users' scheme
+from statelab.users.population import SourceAddressAdapter, user_address, zipf_cumulative  # the scenario users' scheme
 
 import shapes  # loadtests/shapes.py: Locust puts the locustfile's directory on sys.path
 
@@ -71,18 +70,6 @@ def is_loopback_host(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class SourceAddressAdapter(HTTPAdapter):
-    """A requests adapter whose connections all leave from one source address."""
-
-    def __init__(self, address: str) -> None:
-        self.source_address = (address, 0)  # set before super().__init__, which builds the pool
-        super().__init__(pool_connections=1, pool_maxsize=1)
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kwargs: Any) -> None:
-        kwargs["source_address"] = self.source_address
-        super().init_poolmanager(connections, maxsize, block, **kwargs)
 
 
 # Uploads are text (letters, spaces, newlines) so the apps' line and word counts mean something.

@@ -8,9 +8,24 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Any
+
+from requests.adapters import HTTPAdapter
 
 from statelab.seed import SEED_USERS, username
 _SLASH24S = 199 * 256  # 127.1.0.x .. 127.199.255.x; 127.200+ is left for NAT addresses
+
+
+class SourceAddressAdapter(HTTPAdapter):
+    """A requests adapter whose connections all leave from one source address (the Locust files' users)."""
+
+    def __init__(self, address: str) -> None:
+        self.source_address = (address, 0)  # set before super().__init__, which builds the pool
+        super().__init__(pool_connections=1, pool_maxsize=1)
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kwargs: Any) -> None:
+        kwargs["source_address"] = self.source_address
+        super().init_poolmanager(connections, maxsize, block, **kwargs)
 
 
 def user_address(index: int) -> str:

@@ -29,9 +29,8 @@ from typing import Any
 import gevent
 import requests
 from locust import User, events
-from requests.adapters import HTTPAdapter
 
-from statelab.users.population import user_address
+from statelab.users.population import SourceAddressAdapter, user_address
 
 JOURNEY = Path(os.environ["LAB_CHECK_JOURNEY"])
 RECORD = Path(os.environ["LAB_CHECK_RECORD"])
@@ -96,18 +95,6 @@ class Tally:
 
 tally = Tally()
 _addresses = itertools.count()
-
-
-class SourceAddressAdapter(HTTPAdapter):
-    """A requests adapter whose connections all leave from one source address."""
-
-    def __init__(self, address: str) -> None:
-        self.source_address = (address, 0)  # set before super().__init__, which builds the pool
-        super().__init__(pool_connections=1, pool_maxsize=1)
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **kwargs: Any) -> None:
-        kwargs["source_address"] = self.source_address
-        super().init_poolmanager(connections, maxsize, block, **kwargs)
 
 
 def _load_journey(path: Path) -> Any:
