@@ -177,7 +177,7 @@ def test_first_screen_leads_with_a_sentence_badges_and_a_key_chart_per_scenario(
 
 def test_key_chart_falls_back_for_a_scenario_it_does_not_know() -> None:
     journal = {"results": [
-        {"scenario": "redis-outage", "app": "stateless", "expected": "survived", "outcome": "reproduced",
+        {"scenario": "new-scenario", "app": "stateless", "expected": "survived", "outcome": "reproduced",
          "figures": [{"name": "failed_requests", "label": "failed requests", "value": 12, "unit": "req"}],
          "checks": [{"tolerance": {"figure": "failed_requests", "op": "<=", "limit": 0}, "value": 12,
                      "held": False}]}]}
