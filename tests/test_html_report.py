@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,82 @@ def test_key_chart_falls_back_for_a_scenario_it_does_not_know() -> None:
     assert not isinstance(kind, str) and kind.title == "failed requests"  # bars of the main figure
     html = render_html(journal)
     assert "failed requests 12, beyond its limit (&lt;= 0)" in html and "— DEVIATED" in html
+
+
+# --- legends and labels: every series named in full, inside the chart ------------------------------
+
+LONG_NAMES = ["stateful", "stateless (no persistence)", "stateless (AOF everysec)", "stateless (replica + Sentinel)",
+              "stateless (no persistence + readyz checks)"]
+TEXT = re.compile(r'<text x="([\d.]+)" y="([\d.]+)" font-size="(\d+)"[^>]*>([^<]*)</text>')
+
+
+def _viewbox(chart: str) -> tuple[float, float]:
+    m = re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', chart)
+    assert m is not None
+    return float(m.group(1)), float(m.group(2))
+
+
+def _legend_keys(chart: str) -> list[tuple[str, list[tuple[float, float, str]]]]:
+    """Return each legend key's name and its lines as (x, y, text), y the baseline."""
+    return [(unescape(name), [(float(x), float(y), unescape(t)) for x, y, _, t in TEXT.findall(body)])
+            for name, body in re.findall(r'<g class="legend-key" data-name="([^"]*)">(.*?)</g>', chart)]
+
+
+def _assert_legend_inside(chart: str, names: list[str]) -> int:
+    """Assert every series is named in full and no key runs past the chart's width; return the rows used."""
+    width, _ = _viewbox(chart)
+    keys = _legend_keys(chart)
+    assert [name for name, _ in keys] == names
+    for name, lines in keys:
+        assert " ".join(t for _, _, t in lines) == name and not any(t.endswith("…") for _, _, t in lines)
+        for x, _, t in lines:
+            assert x + svg.text_width(t, svg.LEGEND_PX) <= width, (name, x)
+    return len({y for _, lines in keys for _, y, _ in lines})
+
+
+def _series(names: list[str], ends: list[float] | None = None) -> list[svg.Series]:
+    colors = [svg.VERMILLION, svg.GREEN, svg.PURPLE, svg.ORANGE, svg.SKY]
+    return [svg.Series(name, [(0.0, 5.0), (4.0, (ends or [0.0] * len(names))[i])], colors[i % 5], svg.DASHES[i % 4])
+            for i, name in enumerate(names)]
+
+
+def test_a_long_legend_wraps_onto_more_rows_and_the_plot_keeps_its_height() -> None:
+    one_row = svg.line_chart("t", _series(["stateful", "stateless"]), width=600, height=180, compact=True)
+    wrapped = svg.line_chart("t", _series(LONG_NAMES), width=600, height=180, compact=True)
+    rows = _assert_legend_inside(wrapped, LONG_NAMES)
+    assert _assert_legend_inside(one_row, ["stateful", "stateless"]) == 1 and rows >= 3
+    assert _viewbox(wrapped)[1] == _viewbox(one_row)[1] + (rows - 1) * svg.LEGEND_ROW_H
+
+    def plot_height(chart: str) -> float:
+        y_axis = re.search(r'<line x1="70" y1="([\d.]+)" x2="70" y2="([\d.]+)"', chart)
+        assert y_axis is not None
+        return float(y_axis.group(2)) - float(y_axis.group(1))
+
+    assert plot_height(wrapped) == plot_height(one_row)
+    bars = svg.grouped_bar_chart("t", ["a", "b"], [(n, [1.0, 2.0], svg.BLUE) for n in LONG_NAMES], width=600,
+                                 height=180, compact=True)
+    assert _assert_legend_inside(bars, LONG_NAMES) >= 3
+
+
+def test_a_name_longer_than_a_row_wraps_within_the_chart() -> None:
+    name = "stateless (" + "a very long variant name " * 3 + "that never ends)"
+    chart = svg.line_chart("t", _series(["stateful", name, "stateless"]), width=600, height=180, compact=True)
+    _assert_legend_inside(chart, ["stateful", name, "stateless"])
+    keys = dict(_legend_keys(chart))
+    assert len(keys[name]) == 2  # two lines of one key, then the next key on a row of its own
+    assert keys["stateless"][0][1] > keys[name][1][1]
+
+
+def test_direct_labels_are_whole_or_left_to_the_legend_and_stay_on_the_chart() -> None:
+    short = svg.line_chart("t", _series(["stateful (cookie)", "stateful (ip-hash)", "stateless (round-robin)"]),
+                           width=600, height=180, compact=True)
+    labels = [(float(y), unescape(t)) for y, t in re.findall(r'<text x="[\d.]+" y="([\d.]+)"[^>]*class="direct-label">'
+                                                               r'([^<]*)</text>', short)]
+    assert [t for _, t in labels] == ["stateful (cookie)", "stateful (ip-hash)", "stateless (round-robin)"]
+    # three lines end at zero: their labels are stacked, none below the chart, none on another
+    ys = sorted(y for y, _ in labels)
+    assert ys[-1] <= _viewbox(short)[1] and all(b - a >= svg.SMALL_PX for a, b in zip(ys, ys[1:]))
+    long = svg.line_chart("t", _series(LONG_NAMES), width=600, height=180, compact=True)
+    assert 'class="direct-label"' not in long  # one would not fit: the legend names every line instead
+    assert "…" not in long
+
