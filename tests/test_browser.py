@@ -305,6 +305,48 @@ def test_report_first_screen_answers_at_projector_size(page: DevTools, tmp_path:
     page.screenshot("report-details.png")
 
 
+COSTS_JOURNAL = Path(__file__).resolve().parent / "fixtures" / "journal-costs-quick-run.json"
+KEY_CHART_TEXT = """[...document.querySelectorAll('#summary svg.chart')].flatMap(svg =>
+    [...svg.querySelectorAll('g.legend-key text, text.direct-label, text.event-name')].map(t => {
+        const b = t.getBBox();
+        return {text: t.textContent, right: b.x + b.width, width: svg.viewBox.baseVal.width}; }))"""
+
+
+def test_costs_first_screen_shows_whole_cards_at_projector_size(page: DevTools, tmp_path: Path) -> None:
+    """At 1280x720 the costs run's first cards show their sentence, badges and chart; every series is named in full.
+
+    The journal is a real `statelab run costs --quick`: seven scenarios with three to five cases each,
+    so the summary scrolls, but no card is taller than the screen and the first row fits on it.
+    """
+    path = tmp_path / "costs.html"
+    write_html(json.loads(COSTS_JOURNAL.read_text()), path)
+    page.send("Emulation.setDeviceMetricsOverride", deviceScaleFactor=1, mobile=False, **PROJECTOR)
+    page.open(path.as_uri())
+    assert page.eval("document.documentElement.scrollWidth") <= PROJECTOR["width"]
+    cards = page.eval("""[...document.querySelectorAll('#summary .card')].map(c => {
+        const s = c.querySelector('.sentence'), chart = c.querySelector('svg.chart').getBoundingClientRect();
+        const r = c.getBoundingClientRect();
+        return {scenario: c.dataset.scenario, top: r.top, bottom: r.bottom, right: r.right,
+                sentence: s.textContent, clipped: s.scrollHeight > s.clientHeight + 1,
+                badges: c.querySelectorAll('.badge').length, font: parseFloat(getComputedStyle(s).fontSize),
+                chart: chart.height, chart_bottom: chart.bottom}; })""")
+    assert [c["scenario"] for c in cards] == ["redis-outage", "jwt-theft", "s3-latency", "server-crash", "worker-crash",
+                                              "worker-split", "lost-update"]
+    assert all(c["bottom"] - c["top"] <= PROJECTOR["height"] - 80 for c in cards), cards  # each fits a screen
+    first_row = [c for c in cards if c["top"] == cards[0]["top"]]
+    assert len(first_row) == 2 and all(c["bottom"] <= PROJECTOR["height"] for c in first_row), first_row
+    assert all(c["right"] <= PROJECTOR["width"] and not c["clipped"] and c["font"] >= 16 and c["chart"] > 120
+               and c["badges"] >= 3 and "its limit" not in c["sentence"] for c in cards), cards
+    assert "12 of 12 users logged out" in cards[0]["sentence"] and "3,599" in cards[1]["sentence"]
+    texts = page.eval(KEY_CHART_TEXT)
+    assert {t["text"] for t in texts} >= {"no persistence + readyz checks", "JWT 1 h + denylist",
+                                          "stateless (round-robin)", "S3 + 50 ms + read cache"}
+    cut = [t for t in texts if t["right"] > t["width"] or t["text"].endswith("…")]
+    assert cut == []
+    assert page.errors() == []
+    page.screenshot("report-costs-first-screen.png", full_page=False)
+
+
 def _check_deploy_shows(page: DevTools, dash_url: str, name: str, timeout_s: float) -> None:
     """Open the dashboard, click deploy, and wait until app-1's card shows a new state or generation."""
     page.open(dash_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from html import unescape
 from pathlib import Path
@@ -190,6 +191,8 @@ def test_key_chart_falls_back_for_a_scenario_it_does_not_know() -> None:
 
 # --- legends and labels: every series named in full, inside the chart ------------------------------
 
+COSTS_JOURNAL = Path(__file__).resolve().parent / "fixtures" / "journal-costs-quick-run.json"
+QUICK_JOURNAL = Path(__file__).resolve().parent / "fixtures" / "journal-quick-run.json"
 LONG_NAMES = ["stateful", "stateless (no persistence)", "stateless (AOF everysec)", "stateless (replica + Sentinel)",
               "stateless (no persistence + readyz checks)"]
 TEXT = re.compile(r'<text x="([\d.]+)" y="([\d.]+)" font-size="(\d+)"[^>]*>([^<]*)</text>')
@@ -265,3 +268,47 @@ def test_direct_labels_are_whole_or_left_to_the_legend_and_stay_on_the_chart() -
     assert 'class="direct-label"' not in long  # one would not fit: the legend names every line instead
     assert "…" not in long
 
+
+def test_the_costs_first_screen_tells_each_scenario_in_users_words() -> None:
+    journal = json.loads(COSTS_JOURNAL.read_text())
+    html = render_html(journal)
+    summary = html[html.index('<main id="summary"'):html.index("</main>")]
+    cards = re.findall(r'<article class="card" data-scenario="([^"]+)">(.*?)</article>', summary)
+    assert [name for name, _ in cards] == ["redis-outage", "jwt-theft", "s3-latency", "server-crash", "worker-crash",
+                                           "worker-split", "lost-update"]
+    judged = {}
+    for r in journal["results"]:
+        judged[r["scenario"]] = judged.get(r["scenario"], 0) + bool(r.get("expected"))
+    kinds = {}
+    for name, body in cards:
+        sentence = re.sub(r"<[^>]+>", "", re.search(r'<p class="sentence">(.*?)</p>', body).group(1))
+        assert "its limit" not in sentence and body.count('class="badge') == judged[name]
+        chart = _svgs(body)[0]
+        kinds[name] = re.search(r'class="chart ([^"]+)"', chart).group(1)
+        for x, _, size, t in TEXT.findall(chart):  # nothing on a key chart is cut short or runs past its edge
+            assert not t.endswith("…") and float(x) <= _viewbox(chart)[0], (name, t)
+    assert kinds == {"redis-outage": "line-chart key logouts", "jwt-theft": "line-chart key attacker_accepted",
+                     "s3-latency": "bar-chart grouped key figures", "server-crash": "line-chart key logouts",
+                     "worker-crash": "bar-chart grouped key figures", "worker-split": "bar-chart grouped key figures",
+                     "lost-update": "bar-chart grouped key figures"}
+    redis = dict(cards)["redis-outage"]
+    text = re.sub(r"<[^>]+>", "", redis).replace("\u00a0", " ")
+    # the app said once, each case badged by its variant, in the scenario's order (the failure, then its fixes)
+    assert ("stateful ✓ survived nobody logged out, nothing lost (not one request failed); stateless: "
+            "no persistence ✗ reproduced 12 of 12 users logged out, 57 cart items lost and 8 revocations forgotten; "
+            "AOF everysec ✓ survived nobody logged out") in text
+    _assert_legend_inside(_svgs(redis)[0], ["stateful", "no persistence", "AOF everysec", "replica + Sentinel",
+                                            "no persistence + readyz checks"])
+    crash = _svgs(dict(cards)["server-crash"])[0]  # variants of both apps: the app stays in the legend
+    _assert_legend_inside(crash, ["stateful (cookie)", "stateful (ip-hash)", "stateless (round-robin)"])
+    worker = _svgs(dict(cards)["worker-crash"])[0]
+    assert re.findall(r'data-group="not idempotent" data-label="([^"]+)" data-value="([^"]+)"', worker) == \
+        [("done", "4"), ("lost", "0"), ("ran twice", "1"), ("effect doubled", "1")]
+
+
+def test_every_first_screen_legend_fits_its_chart() -> None:
+    for path in (COSTS_JOURNAL, QUICK_JOURNAL):
+        html = render_html(json.loads(path.read_text()))
+        for chart in _svgs(html[html.index('<main id="summary"'):html.index("</main>")]):
+            names = [name for name, _ in _legend_keys(chart)]
+            assert names and _assert_legend_inside(chart, names) <= 2, names

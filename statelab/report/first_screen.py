@@ -19,7 +19,7 @@ from statelab.report.view import SERIES_LABELS, AppRun, ScenarioView, loss_keys,
 
 BADGE_TEXT = {"reproduced": "✗ reproduced", "survived": "✓ survived", "error": "⚠ error"}
 APP_COLORS = {"stateful": svg.VERMILLION, "stateless": svg.BLUE}
-EXTRA_STYLES = [(svg.GREEN, "3 5"), (svg.PURPLE, "14 4 3 4"), (svg.ORANGE, "")]
+EXTRA_STYLES = [(svg.GREEN, "3 5"), (svg.PURPLE, "14 4 3 4"), (svg.ORANGE, ""), (svg.SKY, "10 6")]
 SHARES = "shares"
 WIDTH, HEIGHT = 600, 180
 SAME_PHASE_S = 0.5  # a phase mark is drawn when every app reached it within this of the others
@@ -49,11 +49,24 @@ KEY_CHART: dict[str, KeyChart] = {
         ("found it", ("follow_ups",), ("follow_ups_failed",)),
         ("401: logged out", ("follow_ups_401",), ()), ("404: no file", ("follow_ups_404",), ()))),
     "cold-cache-autoscale": "db_queries",
+    # the costs group
+    "redis-outage": "logouts",
+    "jwt-theft": "attacker_accepted",
+    "s3-latency": Bars("time per transfer of 100 KB, p50 (ms)", (
+        ("upload", ("upload_p50_ms",), ()), ("download", ("download_p50_ms",), ()))),
+    "server-crash": "logouts",
+    "worker-crash": Bars("background jobs, one worker killed mid-job", (
+        ("done", ("jobs_done",), ()), ("lost", ("jobs_lost",), ()), ("ran twice", ("jobs_ran_twice",), ()),
+        ("effect doubled", ("jobs_effect_doubled",), ()))),
+    "worker-split": Bars("page loads", (
+        ("found the session", ("page_loads",), ("logout_events",)), ("logged out", ("logout_events",), ()))),
+    "lost-update": Bars("acknowledged cart adds from tabs at once", (
+        ("in the cart", ("adds_acked",), ("items_lost",)), ("lost", ("items_lost",), ()))),
 }
 KEY_TITLES = {"logouts": "users logged out, per second", "items_lost": "cart items lost, per second",
               "uploads_missing": "uploads missing, per second", "errors": "failed requests, per second",
-              "db_queries": "database queries, per second", "attacker_accepted": "stolen token accepted, per second", "requests": "requests per second",
-              SHARES: "share of requests per instance"}
+              "db_queries": "database queries, per second", "attacker_accepted": "stolen token accepted, per second",
+              "requests": "requests per second", SHARES: "share of requests per instance"}
 
 
 def judged_runs(sc: ScenarioView) -> list[AppRun]:
@@ -81,6 +94,17 @@ def key_chart_kind(sc: ScenarioView) -> KeyChart:
     return "requests"
 
 
+def key_names(runs: Sequence[AppRun]) -> list[str]:
+    """Name each run in the key chart's legend: its variant alone where that leaves no doubt, else its label.
+
+    The variant alone is enough when every run with a variant is of one app ("no persistence",
+    "AOF everysec" next to "stateful"); with variants of both apps ("cookie", "round-robin") the
+    app stays in the name.
+    """
+    apps = {r.app for r in runs if r.variant}
+    return [r.variant if r.variant and len(apps) == 1 else r.label for r in runs]
+
+
 def _app_styles(runs: Sequence[AppRun]) -> list[tuple[str, str]]:
     extra = iter(EXTRA_STYLES)
     return [(APP_COLORS[r.app], "" if r.app == "stateful" else "10 6") if not r.variant and r.app in APP_COLORS
@@ -104,42 +128,51 @@ def key_chart(sc: ScenarioView) -> str:
     runs = judged_runs(sc)
     kind = key_chart_kind(sc)
     styles = _app_styles(runs)
+    names = key_names(runs)
     if isinstance(kind, Bars):
-        groups = [(r.label, [0.0 if math.isnan(v) else v for v in kind.values(r)], color)
-                  for r, (color, _) in zip(runs, styles)]
+        groups = [(name, [0.0 if math.isnan(v) else v for v in kind.values(r)], color)
+                  for r, name, (color, _) in zip(runs, names, styles)]
         return svg.grouped_bar_chart(kind.title, [label for label, _, _ in kind.bars], groups, width=WIDTH,
                                      height=HEIGHT, cls="key figures", compact=True)
     if kind == SHARES:
-        names = sorted({i for r in runs for i, _ in r.shares}, key=natural_key)
+        instances = sorted({i for r in runs for i, _ in r.shares}, key=natural_key)
         groups = []
-        for r, (color, _) in zip(runs, styles):
+        for r, name, (color, _) in zip(runs, names, styles):
             total = sum(v for _, v in r.shares) or 1.0
             per = dict(r.shares)
-            groups.append((r.label, [100.0 * per.get(n, 0.0) / total for n in names], color))
-        return svg.grouped_bar_chart(KEY_TITLES[SHARES], names, groups, unit="%", width=WIDTH, height=HEIGHT,
+            groups.append((name, [100.0 * per.get(n, 0.0) / total for n in instances], color))
+        return svg.grouped_bar_chart(KEY_TITLES[SHARES], instances, groups, unit="%", width=WIDTH, height=HEIGHT,
                                      cls="key shares", compact=True)
-    series = [svg.Series(r.label, r.series.get(kind, ()), color, dash) for r, (color, dash) in zip(runs, styles)]
+    series = [svg.Series(name, r.series.get(kind, ()), color, dash)
+              for r, name, (color, dash) in zip(runs, names, styles)]
     return svg.line_chart(KEY_TITLES.get(kind, SERIES_LABELS.get(kind, kind)), series,
                           x_max=max(r.last_t for r in runs), y_label="per second", markers=_common_phases(runs),
                           marker_legend=False, width=WIDTH, height=HEIGHT, cls=f"key {kind}", compact=True)
 
 
-def _badge(run: AppRun, color: str) -> str:
+def _badge(run: AppRun, color: str, name: str) -> str:
     deviated = bool(run.expected) and run.expected != run.outcome
-    tip = (f"expected {run.expected}: " + ("DEVIATED" if deviated else "as expected")) if run.expected else "not judged"
+    tip = (f"{run.label}: expected {run.expected}, " + ("DEVIATED" if deviated else "as expected")) if run.expected \
+        else f"{run.label}: not judged"
     return (f'<span class="badge outcome-{escape(run.outcome or "none")}" style="border-left-color:{color}" '
-            f'title="{escape(tip)}">{escape(run.label)} {escape(BADGE_TEXT.get(run.outcome, run.outcome or "?"))}'
+            f'title="{escape(tip)}">{escape(name)} {escape(BADGE_TEXT.get(run.outcome, run.outcome or "?"))}'
             + (" — DEVIATED" if deviated else "") + "</span>")
 
 
 def sentence_html(sc: ScenarioView) -> str:
-    """Return the scenario's sentence, each app's part led by its badge (colour-keyed to the chart)."""
+    """Return the scenario's sentence, each case's part led by its badge (colour-keyed to the chart).
+
+    A case with a variant is badged with its variant alone, its app said once before the first
+    of them ("stateless: [no persistence ✗] ...; [AOF everysec ✓] ..."): five cases fit on a card.
+    """
     runs = judged_runs(sc)
     by_label = {r.label: (r, color) for r, (color, _) in zip(runs, _app_styles(runs))}
-    parts = []
+    parts, app = [], ""
     for label, text in story.sentence(sc.name, [r.facts for r in runs]):
         run, color = by_label[label]
-        parts.append(f"{_badge(run, color)} {escape(text)}")
+        lead = f'<strong class="app">{escape(run.app)}:</strong> ' if run.variant and run.app != app else ""
+        parts.append(f"{lead}{_badge(run, color, run.variant or run.app)} {escape(text)}")
+        app = run.app
     return "; ".join(parts)
 
 
@@ -150,4 +183,4 @@ def card(sc: ScenarioView) -> str:
             f'<figure class="key-chart">{key_chart(sc)}</figure></article>')
 
 
-__all__ = ["Bars", "KEY_CHART", "card", "judged_runs", "key_chart", "key_chart_kind", "sentence_html"]
+__all__ = ["Bars", "KEY_CHART", "card", "judged_runs", "key_chart", "key_chart_kind", "key_names", "sentence_html"]

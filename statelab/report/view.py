@@ -163,7 +163,11 @@ def _scenario_meta(name: str) -> tuple[str, str]:
 
 
 def read_journal(journal: Mapping[str, Any]) -> list[ScenarioView]:
-    """Group the journal's results by scenario (journal order), stateful before stateless."""
+    """Group the journal's results by scenario (journal order), stateful before stateless, cases in journal order.
+
+    A scenario lists its cases in the order its story goes (the failure, then its mitigations),
+    and the journal keeps that order.
+    """
     order: dict[str, list[Mapping[str, Any]]] = {}
     for r in _list(journal.get("results")):
         order.setdefault(str(r.get("scenario") or "scenario"), []).append(r)
@@ -173,7 +177,7 @@ def read_journal(journal: Mapping[str, Any]) -> list[ScenarioView]:
         title, summary = str(results[0].get("title") or ""), str(results[0].get("summary") or "")
         if not title:
             title, summary = _scenario_meta(name)
-        runs = sorted((_read_run(r) for r in results), key=lambda a: (APP_ORDER.get(a.app, 9), a.label))
+        runs = sorted((_read_run(r) for r in results), key=lambda a: APP_ORDER.get(a.app, 9))
         views.append(ScenarioView(name, title, summary, tuple(runs), prices.get(name, {})))
     return views
 
