@@ -97,8 +97,9 @@ class JwtTheft:
         jwt = dict(ctx.app.env).get("LAB_AUTH_MODE") == "jwt"
         with Harness(ctx) as h:
             # One instance and no balancer: the attack is about the token, not about routing.
+            # Its own Redis: the denylist's lookups are counted in INFO commandstats, a figure of the whole server.
             lab = h.start_lab(1, "round-robin", seed_users=profile.seed_users, seed_products=SEED_PRODUCTS,
-                              job_workers=0, balancer=False)
+                              job_workers=0, balancer=False, own_stores=("redis",))
             redis_url = lab.stores["redis"].url if "redis" in lab.stores else None
             h.start_samplers()
             base = h.base_url

@@ -136,7 +136,8 @@ class RedisOutage:
         with Harness(ctx) as h:
             lab = h.start_lab(max(profile.instances, instances), POLICY[app.app], seed_users=profile.seed_users, job_workers=0,
                               redis=mode, health_path=health_path,
-                              side_instances=((PROBE, PROBE_ENV),) if stateless else ())
+                              side_instances=((PROBE, PROBE_ENV),) if stateless else (),
+                              own_stores=("redis",))  # the outage kills it: never the run's shared one
             h.start_samplers()
             assert lab.engine is not None
             rotation = measure.RotationSampler(lab.engine.backends).start()

@@ -142,8 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lb", help="run only the load balancer in front of any HTTP backends")
     p.add_argument("--port", type=_port, required=True)
-    p.add_argument("--backend", action="append", required=True, metavar="[ID=]HOST:PORT",
-                   help="a backend; repeat for more")
+    p.add_argument("--backend", action="append", default=[], metavar="[ID=]HOST:PORT",
+                   help="a backend; repeat for more (none: add them through the admin API)")
     p.add_argument("--policy", default="round-robin", help=POLICY_HELP)
     p.add_argument("--admin-port", type=_port, help="serve the JSON admin API on this loopback port")
     p.add_argument("--health-interval", type=float, default=1.0, help="seconds between health checks")
@@ -416,6 +416,8 @@ def cmd_lb(args: argparse.Namespace) -> int:
     from statelab.balancer.server import serve_forever
 
     backends = parse_backends(args.backend)
+    if not backends and not args.admin_port:
+        raise ConfigError("give at least one --backend ID=HOST:PORT, or --admin-port to add backends while it runs")
     if args.policy not in POLICY_NAMES:
         raise ConfigError(f"unknown policy {args.policy!r}: choose one of {', '.join(POLICY_NAMES)}")
     if args.health_interval <= 0:

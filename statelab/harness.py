@@ -67,8 +67,14 @@ class Harness:
                   seed_products: int = SEED_PRODUCTS, workers: int = 1, balancer: bool = True,
                   health_path: str = HEALTH_PATH, redis: str = "plain", s3_faults: bool = False,
                   restart_crashed: bool = True,
-                  side_instances: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()) -> Lab:
-        """Start a fresh lab for this case (stores, seed, instances, balancer); see LabSpec for the options."""
+                  side_instances: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (),
+                  own_stores: tuple[str, ...] = ()) -> Lab:
+        """Start a fresh lab for this case (stores, seed, instances, balancer); see LabSpec for the options.
+
+        Its stores are a clean tenancy on the run's shared ones (a database, a Redis index and a
+        bucket of its own), except `own_stores`: those the scenario kills, restarts or reads
+        process-wide figures of, which the lab runs itself.
+        """
         if self.target is not None:
             raise ScenarioError("not supported with --target: this scenario starts, restarts or scales its own "
                                 "processes (run it without --target)")
@@ -76,12 +82,12 @@ class Harness:
                        threads=threads, health_interval_s=health_interval_s, seed_users=seed_users,
                        seed_products=seed_products, app_env=self.app.env, job_workers=job_workers, workers=workers,
                        balancer=balancer, health_path=health_path, redis=redis, s3_faults=s3_faults,
-                       restart_crashed=restart_crashed, side_instances=side_instances)
+                       restart_crashed=restart_crashed, side_instances=side_instances, own_stores=own_stores)
         lab = Lab(spec)
         self._lab_wall0 = time.time()
         self.progress.phase(f"{self.app.label}: starting a lab ({instances} instances, {policy})")
         self.stack.callback(lab.stop)
-        lab.start(progress=lambda msg: self.progress.phase(f"{self.app.label}: {msg}"))
+        lab.start(progress=lambda msg: self.progress.phase(f"{self.app.label}: {msg}"), shared=self.ctx.stores)
         self.lab = lab
         self.ctx.turn.lab_ready()
         return lab

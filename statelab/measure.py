@@ -205,7 +205,8 @@ class CacheEvents:
 
     def start(self) -> "CacheEvents":
         self._client.config_set("notify-keyspace-events", "E$x")  # E: keyevent channels; $: SET; x: expired
-        self._pubsub.psubscribe("__keyevent@*__:set", "__keyevent@*__:expired")
+        db = int(self._client.connection_pool.connection_kwargs.get("db") or 0)  # only this lab's database index
+        self._pubsub.subscribe(f"__keyevent@{db}__:set", f"__keyevent@{db}__:expired")
         self._thread.start()
         return self
 

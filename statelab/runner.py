@@ -25,6 +25,7 @@ from statelab.report import html, journal
 from statelab.report import scenarios as report
 from statelab.scenario import (AppCase, CaseContext, Measurements, Progress, RunInputs, RunReport, Scenario,
                                ScenarioResult, Target, Verdict)
+from statelab.stores import SharedStores
 from statelab.turns import IN_TURNS, Turn, Turns
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class RunOptions:
     target: str | None = None
     target_admin: str | None = None
     parallel: bool = True  # start a scenario's labs together (traffic in turns, or together: Scenario.traffic)
+    share_stores: bool = True  # one PostgreSQL, Redis and S3 for the whole run, a clean tenancy per lab
 
     @property
     def side_by_side(self) -> bool:
@@ -88,12 +90,12 @@ class RunOptions:
 
 
 def case_context(scenario: Scenario, case: AppCase, opts: RunOptions, progress: Progress,
-                 turn: Turn | None = None) -> CaseContext:
+                 turn: Turn | None = None, stores: SharedStores | None = None) -> CaseContext:
     """Return the context one case of scenario runs with under opts."""
     return CaseContext(app=case, profile=scenario.profile(opts.quick, opts.users), seed=opts.seed,
                        run_dir=(opts.run_dir / scenario.name / case.key).resolve(), progress=progress, lb=opts.lb,
                        target=Target(opts.target, opts.target_admin) if opts.target else None,
-                       turn=turn or Turn.solo())
+                       turn=turn or Turn.solo(), stores=stores)
 
 
 def run_case(scenario: Scenario, ctx: CaseContext, clock: Callable[[], float] = time.monotonic) -> ScenarioResult:
@@ -137,25 +139,35 @@ def find_scenarios(name: str) -> list[Scenario]:
 
 def run_all(opts: RunOptions, progress: Progress, on_result: Callable[[ScenarioResult], None] = lambda r: None,
             scenarios: Sequence[Scenario] | None = None) -> RunReport:
-    """Run the chosen scenarios against the chosen apps, stateful first, each in a fresh lab."""
+    """Run the chosen scenarios against the chosen apps, stateful first, each case in a fresh lab.
+
+    The labs share the run's backing stores (started once, on first use), each on a clean tenancy
+    of its own, unless opts.share_stores is off.
+    """
     chosen = list(scenarios) if scenarios is not None else find_scenarios(opts.scenario)
     apps = APP_KINDS if opts.app == "both" else (opts.app,)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     t0 = time.monotonic()
     results: list[ScenarioResult] = []
     walls: list[tuple[str, float]] = []
-    for scenario in chosen:
-        t_scenario = time.monotonic()
-        cases = [c for c in scenario.cases() if c.app in apps and (c.in_quick or not opts.quick)]
-        if opts.side_by_side and len(cases) > 1:
-            done = _run_side_by_side(scenario, cases, opts, progress, on_result)
-        else:
-            done = []
-            for case in cases:
-                done.append(run_case(scenario, case_context(scenario, case, opts, _case_progress(progress, case.key))))
-                on_result(done[-1])
-        results.extend(done)
-        walls.append((scenario.name, round(time.monotonic() - t_scenario, 3)))
+    stores = SharedStores(opts.run_dir / "stores") if opts.share_stores and not opts.target else None
+    try:
+        for scenario in chosen:
+            t_scenario = time.monotonic()
+            cases = [c for c in scenario.cases() if c.app in apps and (c.in_quick or not opts.quick)]
+            if opts.side_by_side and len(cases) > 1:
+                done = _run_side_by_side(scenario, cases, opts, progress, on_result, stores)
+            else:
+                done = []
+                for case in cases:
+                    ctx = case_context(scenario, case, opts, _case_progress(progress, case.key), stores=stores)
+                    done.append(run_case(scenario, ctx))
+                    on_result(done[-1])
+            results.extend(done)
+            walls.append((scenario.name, round(time.monotonic() - t_scenario, 3)))
+    finally:
+        if stores is not None:
+            stores.stop()
     inputs = RunInputs(tuple(s.name for s in chosen), tuple(apps), opts.quick, opts.seed, opts.users, opts.lb,
                        opts.target, str(opts.run_dir), opts.side_by_side)
     return RunReport(inputs, started_at, time.monotonic() - t0, versions(), tuple(results), tuple(walls))
@@ -169,7 +181,8 @@ def _run_turn(scenario: Scenario, ctx: CaseContext) -> ScenarioResult:
 
 
 def _run_side_by_side(scenario: Scenario, cases: Sequence[AppCase], opts: RunOptions, progress: Progress,
-                      on_result: Callable[[ScenarioResult], None]) -> list[ScenarioResult]:
+                      on_result: Callable[[ScenarioResult], None],
+                      stores: SharedStores | None = None) -> list[ScenarioResult]:
     """Start every case's lab at once, then let the cases send traffic one after the other, or together
     when the scenario says so (`traffic`, see Turns).
 
@@ -177,7 +190,7 @@ def _run_side_by_side(scenario: Scenario, cases: Sequence[AppCase], opts: RunOpt
     before re-raising.
     """
     turns = Turns(len(cases), threading.Event(), traffic=getattr(scenario, "traffic", IN_TURNS))
-    contexts = [case_context(scenario, c, opts, _case_progress(progress, c.key), turns.turn(i))
+    contexts = [case_context(scenario, c, opts, _case_progress(progress, c.key), turns.turn(i), stores)
                 for i, c in enumerate(cases)]
     with ThreadPoolExecutor(max_workers=len(cases), thread_name_prefix="statelab-case") as pool:
         futures = [pool.submit(_run_turn, scenario, ctx) for ctx in contexts]

@@ -12,13 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Literal, Protocol, Sequence, get_args
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Literal, Protocol, Sequence, get_args
 
 from statelab.config import APP_KINDS
 from statelab.errors import ConfigError
 from statelab.events import Event
 from statelab.seed import SEED_USERS
 from statelab.turns import Turn
+
+if TYPE_CHECKING:
+    from statelab.stores import SharedStores
 
 Finding = Literal["reproduced", "survived"]  # what a scenario that ran found
 Outcome = Literal["reproduced", "survived", "error"]  # error: the scenario itself broke, never a finding
@@ -418,8 +421,8 @@ class CaseContext:
 
     Like Locust's `Environment`, it is handed over, never looked up: the app case, its profile and
     seed, where its logs go, which balancer engine (or which running deployment, `target`) it
-    drives, where it reports progress, and its `turn` (when it may send traffic, and the run's
-    abort signal).
+    drives, where it reports progress, its `turn` (when it may send traffic, and the run's
+    abort signal), and the run's shared `stores` its lab takes a tenancy on.
     """
 
     app: AppCase
@@ -430,6 +433,7 @@ class CaseContext:
     lb: str = "builtin"
     target: Target | None = None
     turn: Turn = field(default_factory=Turn.solo)
+    stores: SharedStores | None = None  # the run's shared backing stores (None: each lab starts its own)
 
 
 class Scenario(Protocol):

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping, Sequence
 
 from statelab.config import Secret
 from statelab.errors import DependencyMissing, ServiceFailed
@@ -31,6 +31,7 @@ S3_PORT_NAMES = (
     "admin.port", "admin.port.grpc",
 )
 POSTGRES_USER = "lab"
+S3_ACCESS_KEY = "statelab"
 POSTGRES_DB = "statelab"
 READY_TIMEOUT_S = 20.0
 START_ATTEMPTS = 3
@@ -146,7 +147,7 @@ def _unprivileged_bindir(bindir: Path, cache_root: Path) -> Path:
 # --- recipes ----------------------------------------------------------------------------------
 
 def start_redis(run_dir: Path, port: int | None = None, *, name: str = "redis", appendonly: bool = False,
-                replicaof: tuple[str, int] | None = None) -> Service:
+                replicaof: tuple[str, int] | None = None, databases: int = 16) -> Service:
     """Start a real redis-server on loopback; persistence off unless appendonly.
 
     With appendonly, every write goes to an append-only file (`appendfsync everysec`) in
@@ -158,13 +159,19 @@ def start_redis(run_dir: Path, port: int | None = None, *, name: str = "redis", 
     data.mkdir(parents=True, exist_ok=True)
     argv = [str(find_redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec", "--dir", str(data),
-            "--protected-mode", "no", "--daemonize", "no"]
+            "--protected-mode", "no", "--daemonize", "no", "--databases", str(databases)]
     if replicaof is not None:
         argv += ["--replicaof", replicaof[0], str(replicaof[1])]
     probe = _replica_probe(port, data) if replicaof is not None else _redis_probe(port, data)
     proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", probe=probe).start()
-    return Service(name, proc, f"redis://127.0.0.1:{port}/0", extra={"port": str(port)},
-                   respawn=lambda: start_redis(run_dir, name=name, appendonly=appendonly, replicaof=replicaof))
+    return Service(name, proc, redis_url(port), extra={"port": str(port)},
+                   respawn=lambda: start_redis(run_dir, name=name, appendonly=appendonly, replicaof=replicaof,
+                                               databases=databases))
+
+
+def redis_url(port: int, db: int = 0) -> str:
+    """Return the URL of database index db on the loopback Redis at port."""
+    return f"redis://127.0.0.1:{port}/{db}"
 
 
 def _redis_probe(port: int, data: Path) -> Probe:
@@ -268,8 +275,13 @@ class RedisHA:
             service.stop()
 
 
-def start_redis_ha(run_dir: Path, sentinels: int = 1, appendonly: bool = False, down_after_ms: int = 1000) -> RedisHA:
-    """Start a master, one replica and `sentinels` Sentinels (quorum: a majority), all ready."""
+def start_redis_ha(run_dir: Path, sentinels: int = 1, appendonly: bool = False, down_after_ms: int = 1000,
+                   sentinel_ports: Sequence[int] = ()) -> RedisHA:
+    """Start a master, one replica and `sentinels` Sentinels (quorum: a majority), all ready.
+
+    `sentinel_ports` (one per Sentinel) fixes where the apps will ask for the master, so that they
+    can be started before the Sentinels are.
+    """
     started: list[Service] = []
     try:
         master = start_redis(run_dir, name="redis", appendonly=appendonly).wait_ready()
@@ -277,7 +289,8 @@ def start_redis_ha(run_dir: Path, sentinels: int = 1, appendonly: bool = False, 
         where = ("127.0.0.1", int(master.extra["port"]))
         replica = start_redis(run_dir, name="redis-replica", appendonly=appendonly, replicaof=where)
         started.append(replica)
-        watchers = [start_sentinel(run_dir, where, name=f"sentinel-{i + 1}", quorum=sentinels // 2 + 1,
+        ports = list(sentinel_ports) or [free_port() for _ in range(sentinels)]
+        watchers = [start_sentinel(run_dir, where, name=f"sentinel-{i + 1}", port=ports[i], quorum=sentinels // 2 + 1,
                                    down_after_ms=down_after_ms) for i in range(sentinels)]
         started += watchers
         for service in [replica, *watchers]:
@@ -290,12 +303,12 @@ def start_redis_ha(run_dir: Path, sentinels: int = 1, appendonly: bool = False, 
 
 
 def start_postgres(run_dir: Path, port: int | None = None, template: Path | None = None,
-                   wal_segment_mb: int = 16) -> Service:
+                   wal_segment_mb: int = 16, max_connections: int = 300) -> Service:
     """Initialise a fresh cluster and run PostgreSQL in the foreground as a managed child.
 
     pgserver's own API daemonises through pg_ctl and stops from atexit, which a SIGKILL of the lab
     would skip; running its `postgres` binary directly keeps the no-orphans promise. PostgreSQL
-    refuses to run as root, so as root it runs as `nobody` from a data directory under /tmp.
+    refuses to run as root, so as root it runs as `nobody`. Its data directory is in `scratch_dir()`.
 
     With `template` (a stopped, seeded cluster from `postgres_template`), the cluster is a copy of
     it instead of a fresh initdb: the database `statelab` is already there and seeded. Its
@@ -306,17 +319,16 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
     bindir = find_postgres_bindir()
     user = group = None
     cleanup: list[Path] = []
+    # A throwaway cluster (fsync off): in memory where the machine has a tmpfs, where copying the
+    # template's 42 MB takes a tenth of the time it takes on a busy disk.
+    base = Path(tempfile.mkdtemp(prefix="statelab-pg-", dir=scratch_dir()))
+    cleanup.append(base)
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
         user, group = nobody.pw_uid, nobody.pw_gid
-        base = Path(tempfile.mkdtemp(prefix="statelab-pg-"))
         os.chown(base, user, group)
-        cleanup.append(base)
         if not _others_can_traverse(bindir):
             bindir = _unprivileged_bindir(bindir, Path(tempfile.gettempdir()))
-    else:
-        base = run_dir / "postgres"
-        base.mkdir(parents=True, exist_ok=True)
     datadir = base / "data"
     if template is None:
         password = Secret.random(18)
@@ -327,12 +339,21 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
     port = port or free_port()  # only now: the longer between picking a port and binding it, the likelier a clash
     argv = [str(bindir / "postgres"), "-D", str(datadir), "-p", str(port), "-h", "127.0.0.1", "-k", "",
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=300", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"]
+            "-c", f"max_connections={max_connections}", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"]
     url = f"postgresql://{POSTGRES_USER}:{password.value}@127.0.0.1:{port}/postgres"
     proc = ManagedProcess("postgres", argv, run_dir / "logs" / "postgres.log", probe=_pg_probe(url, datadir),
                           user=user, group=group, cwd=base).start()
     return Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port), "bindir": str(bindir)},
-                   respawn=lambda: start_postgres(run_dir, template=template, wal_segment_mb=wal_segment_mb))
+                   respawn=lambda: start_postgres(run_dir, template=template, wal_segment_mb=wal_segment_mb,
+                                                  max_connections=max_connections))
+
+
+def scratch_dir() -> Path:
+    """Return where throwaway server data goes: /dev/shm (memory) when it is there and writable, else the temp dir."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        return shm
+    return Path(tempfile.gettempdir())
 
 
 def _initdb(bindir: Path, base: Path, datadir: Path, password: Secret, log_path: Path, user: int | None,
@@ -365,11 +386,14 @@ def _copy_cluster(source: Path, datadir: Path, user: int | None, group: int | No
         os.chown(datadir, user, group or -1)
 
 
-def rotate_password(pg: Service) -> None:
-    """Give a cluster copied from a template a password of its own (the template's is shared)."""
+def rotate_password(pg: Service, fresh: Secret | None = None) -> None:
+    """Give a cluster copied from a template a password of its own (the template's is shared).
+
+    Pass `fresh` to choose it in advance (the apps were told it before the server was up).
+    """
     import psycopg
 
-    fresh = Secret.random(18)
+    fresh = fresh or Secret.random(18)
     with psycopg.connect(pg.url, autocommit=True, connect_timeout=5) as conn:
         conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
             psycopg.sql.Identifier(POSTGRES_USER), psycopg.sql.Literal(fresh.value)))
@@ -416,7 +440,7 @@ def postgres_template(users: int, products: int) -> Path:
             subprocess.run([str(Path(pg.extra["bindir"]) / "pg_resetwal"), "-D", str(datadir)], check=True,
                            capture_output=True, timeout=60, user=owner.st_uid, group=owner.st_gid)
             staging = Path(tempfile.mkdtemp(prefix=root.name + "-", dir=root.parent))
-            os.rename(datadir, staging / "data")
+            shutil.move(datadir, staging / "data")  # the cluster ran in scratch_dir(), maybe another file system
             (staging / "password").write_text(password)
             os.chmod(staging / "password", 0o600)
             (staging / "complete").touch()
@@ -447,17 +471,35 @@ def _pg_probe(url: str, datadir: Path) -> Probe:
     return probe
 
 
-def create_database(admin_url: str, name: str = POSTGRES_DB) -> str:
-    """Create database `name` if missing and return its URL."""
+def create_database(admin_url: str, name: str = POSTGRES_DB, template: str | None = None) -> str:
+    """Create database `name` if missing (a copy of database `template` when given) and return its URL."""
     import psycopg
+    from psycopg import sql
 
     with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + "/" + name
+            create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template is not None:
+                create = sql.SQL("{} TEMPLATE {}").format(create, sql.Identifier(template))
+            conn.execute(create)
+    return database_url(admin_url, name)
 
 
-def start_s3(run_dir: Path, access_key: str = "statelab", secret_key: Secret | None = None,
+def drop_database(admin_url: str, name: str) -> None:
+    """Drop database `name` if it exists, closing any connection still open to it."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def database_url(server_url: str, name: str) -> str:
+    """Return the URL of database `name` on the server of server_url (same user, password and address)."""
+    return server_url.rsplit("/", 1)[0] + "/" + name
+
+
+def start_s3(run_dir: Path, access_key: str = S3_ACCESS_KEY, secret_key: Secret | None = None,
              ports: Mapping[str, int] | None = None) -> Service:
     """Start SeaweedFS `weed mini` with every listener on an explicit free port and auth enforced.
 
@@ -579,14 +621,16 @@ def start_worker(name: str, run_dir: Path, env: Mapping[str, str]) -> Service:
     return Service(name, proc, env.get("LAB_REDIS_URL", ""))
 
 
-def start_faults(run_dir: Path, proxies: Mapping[str, str], name: str = "faults") -> Service:
+def start_faults(run_dir: Path, proxies: Mapping[str, str], name: str = "faults",
+                 listens: Mapping[str, str] | None = None) -> Service:
     """Start a fault proxy (`statelab faults`) with one proxy per name -> upstream "host:port".
 
-    Each proxy listens on a free port of its own, read back from extra[<name>] as "127.0.0.1:port";
-    the API URL is the service's url (drive it with statelab.faults.FaultClient).
+    Each proxy listens on a free port of its own (or where `listens` says), read back from
+    extra[<name>] as "127.0.0.1:port"; the API URL is the service's url (drive it with
+    statelab.faults.FaultClient).
     """
     api_port = free_port()
-    listens = {proxy: f"127.0.0.1:{free_port()}" for proxy in proxies}
+    listens = {proxy: (listens or {}).get(proxy) or f"127.0.0.1:{free_port()}" for proxy in proxies}
     argv = [sys.executable, "-m", "statelab", "faults", "--api-port", str(api_port)]
     for proxy, upstream in proxies.items():
         argv += ["--proxy", f"{proxy}={listens[proxy]}={upstream}"]

@@ -16,11 +16,11 @@ import shutil
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Protocol
+from typing import Callable, Mapping, Protocol, Sequence
 
 from statelab import seed, services
 from statelab.balancer.policies import POLICY_NAMES
@@ -29,6 +29,7 @@ from statelab.engines import ENGINE_NAMES, HEALTH_PATH, BalancerEngine, make_eng
 from statelab.errors import ConfigError, ControlError, ServiceFailed
 from statelab.events import Event
 from statelab.faults import FaultClient
+from statelab.stores import STORE_NAMES, SharedStores, Tenancy
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,24 @@ class LabSpec:
     s3_faults: bool = False  # a fault proxy between the apps and S3 (`Lab.faults` drives it)
     # Instances next to the lab, not behind its balancer: (id, extra LAB_* settings), e.g. a JWT-mode probe.
     side_instances: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    # Stores this lab runs itself even when the run shares its stores: those its scenario kills,
+    # restarts or reads process-wide figures of. A fault proxy (s3_faults) or a Redis other than
+    # plain implies its own.
+    own_stores: tuple[str, ...] = ()
+
+    def stores(self) -> tuple[str, ...]:
+        """Return the backing stores this lab's app needs."""
+        return STORE_NAMES if self.app == "stateless" else ("postgres",)
+
+    def shareable_stores(self) -> tuple[str, ...]:
+        """Return the stores this lab may take from the run's shared ones: all but those it must run itself.
+
+        A lab runs its own store when its scenario kills, restarts or reads process-wide figures
+        of it (own_stores), when the store is not a plain one (Redis with AOF or Sentinel), and
+        when a fault proxy stands in front of it (s3_faults).
+        """
+        own = set(self.own_stores) | ({"redis"} if self.redis != "plain" else set()) | ({"s3"} if self.s3_faults else set())
+        return tuple(n for n in self.stores() if n not in own)
 
     def validate(self, any_app: bool = False) -> None:
         """Raise a ConfigError for a setting no lab can run; any_app: `app` is only a label (own instance starter)."""
@@ -82,6 +101,8 @@ class LabSpec:
             raise ConfigError("workers per instance must be between 1 and 16")
         if self.redis not in REDIS_MODES:
             raise ConfigError(f"unknown redis mode {self.redis!r}: choose one of {', '.join(REDIS_MODES)}")
+        if set(self.own_stores) - set(STORE_NAMES):
+            raise ConfigError(f"own_stores takes store names: {', '.join(STORE_NAMES)}")
 
 
 class StartInstance(Protocol):
@@ -177,128 +198,299 @@ class Lab:
         self.secret_key = Secret.random()
         self._next_id = 1
         self.policy = spec.policy
+        self.timeline: list[tuple[float, str]] = []  # (seconds since start() was called, step): where start's time went
+        self._t_start = clock()
+        self.shared_stores: tuple[str, ...] = ()  # stores this lab uses on the run's SharedStores
+        self.tenancy: Tenancy | None = None
+        self._shared: SharedStores | None = None
+        self._spawned: list[services.Service] = []  # every instance process started, until it is registered
+        self._db_url: str | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, progress: Callable[[str], None] = lambda msg: None, backing: BackingUrls | None = None) -> "Lab":
-        """Start stores, seed, instances, workers and the balancer; on any failure, stop what started.
+    def start(self, progress: Callable[[str], None] = lambda msg: None, backing: BackingUrls | None = None,
+              shared: SharedStores | None = None) -> "Lab":
+        """Start stores, instances, job workers and the balancer side by side; on any failure, stop what started.
 
-        With `backing`, the stores already run elsewhere (already seeded): only the app tier starts.
+        Nothing waits for what it does not need: the instances and the balancer start while the
+        stores do (the apps connect to their stores lazily, and their addresses are chosen before
+        any of them starts). An instance joins the balancer once the stores are ready and the lab's
+        own probe saw it answer with its own id; the balancer admits it at once, without waiting
+        for its health checks to rise. With `backing`, the stores already run elsewhere (already
+        seeded): only the app tier starts. With `shared`, the lab takes a tenancy on the run's
+        stores instead of starting its own, except those in `LabSpec.own_stores`.
         """
+        self._t_start = self._clock()
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.backing = backing or self._start_stores(progress)
-            self._start_app_tier(progress)
+            with ThreadPoolExecutor(max_workers=self.spec.instances + len(self.spec.side_instances) + 4,
+                                    thread_name_prefix="statelab-start") as pool:
+                if backing is None:
+                    planned, launch_stores, stores_ready = self._begin_stores(pool, shared)
+                else:
+                    planned, launch_stores, stores_ready = backing, lambda: None, lambda: backing
+                self.backing = planned
+                progress(f"starting {self.spec.instances} {self.spec.app} instances, "
+                         + (f"the {self.spec.lb} balancer ({self.policy}) " if self.spec.balancer else "")
+                         + "and the backing stores")
+                ids = self._new_ids(self.spec.instances)
+                started = [pool.submit(self._spawn, iid, None) for iid in ids]  # first: they take longest
+                side = [(sid, pool.submit(self._spawn, sid, None, dict(env))) for sid, env in self.spec.side_instances]
+                engine = pool.submit(self._start_engine) if self.spec.balancer else None
+                self._step("instances and balancer starting")
+                launch_stores()
+                self.backing = stores_ready()
+                self._step("stores ready")
+                for sid, future in side:
+                    self.side[sid] = future.result()
+                self._add_instances(ids, [f.result() for f in started])
+                self._step("instances ready")
+                if self.backing != planned:  # a store had to move: the apps were told the old address
+                    log.warning("a store moved while the lab started: restarting the instances with its new address")
+                    self._respawn_all()
+                if engine is not None:
+                    engine.result()
+                    self._step("balancer ready")
+            for i in range(self.spec.job_workers if self.spec.app == "stateless" else 0):
+                self.workers.append(services.start_worker(f"worker-{i + 1}", self.run_dir, self.app_env()))
+            if self.engine is not None:
+                for inst in self.instances.values():
+                    self.engine.add_backend(inst.id, inst.address)
+                self._step("instances in rotation")
+                self._event("started", "lab", f"{self.spec.app} x{self.spec.instances} behind {self.spec.lb}/{self.policy}")
+            else:
+                self._event("started", "lab", f"{self.spec.app} x{self.spec.instances}, no balancer")
+            threading.Thread(target=self._supervise, name="statelab-supervisor", daemon=True).start()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start_stores(self, progress: Callable[[str], None]) -> BackingUrls:
-        """Start this lab's stores (in parallel), seed the database; return where the apps find them."""
-        progress("starting backing stores")
-        stateless = self.spec.app == "stateless"
+    def _step(self, what: str) -> None:
+        """Note one step of the start in the timeline (seconds since start() was called)."""
+        t = round(self._clock() - self._t_start, 3)
+        self.timeline.append((t, what))
+        log.info("lab start %6.3fs %s", t, what)
+
+    def _begin_stores(self, pool: ThreadPoolExecutor, shared: SharedStores | None
+                      ) -> tuple[BackingUrls, Callable[[], object], Callable[[], BackingUrls]]:
+        """Plan this lab's stores: return where they will be, how to start them and how to wait for them.
+
+        Every address, password and key is chosen before anything starts, so that the instances,
+        which take longest to start, can start first.
+        """
+        spec, stateless = self.spec, self.spec.app == "stateless"
+        share = spec.shareable_stores() if shared is not None else ()
+        self.shared_stores = share
+        own = [n for n in spec.stores() if n not in share]
+        self._event("stores", "lab", "; ".join(f"{what}: {', '.join(names)}" for what, names in
+                                               (("its own", own), ("shared with the run", share)) if names))
+        if shared is not None and share:
+            self.tenancy = shared.lease(self.run_dir.name, share, spec.seed_users, spec.seed_products)
+            self._shared = shared
         for old in ("redis", "redis-replica"):  # a fresh lab starts empty, even in a reused run directory
             shutil.rmtree(self.run_dir / old, ignore_errors=True)
-        wanted: list[tuple[str, Callable[[Path], services.Service]]] = []
-        if stateless and self.spec.redis != "sentinel":
-            wanted.append(("redis", lambda d: services.start_redis(d, appendonly=self.spec.redis == "aof")))
-        if stateless:
-            wanted.append(("s3", services.start_s3))
-        for name, start in wanted:
-            self.stores[name] = start(self.run_dir)
-        # A seed no bigger than the default one comes from a cached, already seeded cluster (built
-        # once per machine while the other stores start): copying it is much cheaper than initdb + seed.
+        launches: list[Callable[[], object]] = []
+        waits: list[Callable[[], None]] = []
+        redis_url = None
+        if stateless and "redis" not in share:
+            redis_url = self._plan_redis(pool, launches, waits)
+        s3_plan: tuple[str, str, Secret] | None = None
+        if stateless and "s3" not in share:
+            s3_plan = self._plan_s3(launches, waits)
+        db_url = None
+        if "postgres" not in share:
+            db_url = self._plan_postgres(pool, launches, waits)
+        planned = self._backing(db_url, redis_url, s3_plan)
+
+        def launch() -> None:
+            for start in launches:
+                start()
+            self._step("stores starting" + (f" (shared: {', '.join(share)})" if share else ""))
+
+        def ready() -> BackingUrls:
+            for wait in waits:
+                wait()
+            if self.tenancy is not None and self._shared is not None:
+                self._shared.wait(self.tenancy)
+                with self._lock:
+                    for name, svc in self.tenancy.services.items():
+                        self.stores.setdefault(name, _tenant_view(svc, self.tenancy))
+            redis = self.stores.get("redis") if "redis" not in share and not self.store_env else None
+            s3 = self.stores.get("s3") if s3_plan is not None else None
+            faults = self.stores.get("faults")
+            s3_now = None
+            if s3 is not None and s3_plan is not None:
+                s3_now = ("http://" + faults.extra["s3"] if faults else s3.url, s3_plan[1], s3_plan[2])
+            return self._backing(self._db_url, redis.url if redis else None, s3_now)
+
+        return planned, launch, ready
+
+    def _backing(self, db_url: str | None, redis_url: str | None, s3: tuple[str, str, Secret] | None) -> BackingUrls:
+        """Return where the apps find the stores: this lab's own ones and its tenancy on the shared ones."""
+        t, share = self.tenancy, self.shared_stores
+        if t is not None and "postgres" in share:
+            db_url = t.database_url
+        if t is not None and "redis" in share:
+            redis_url = t.redis_url
+        if t is not None and "s3" in share:
+            assert t.s3_endpoint is not None and t.s3_access_key is not None
+            s3 = (t.s3_endpoint, t.s3_access_key, t.s3_secret_key or Secret(""))
+        assert db_url is not None
+        if s3 is None:
+            return BackingUrls(db_url, redis_url)
+        bucket = t.s3_bucket if t is not None and "s3" in share else BackingUrls.s3_bucket
+        return BackingUrls(db_url, redis_url, s3[0], s3[1], s3[2], bucket)
+
+    def _keep(self, svc: services.Service, name: str | None = None) -> services.Service:
+        """Register a store this lab started (so that stop() stops it) and return it."""
+        with self._lock:
+            self.stores[name or svc.name] = svc
+        return svc
+
+    def _wait_store(self, name: str) -> None:
+        self.stores[name].wait_ready()
+        self._step(f"{name} ready")
+
+    def _plan_redis(self, pool: ThreadPoolExecutor, launches: list[Callable[[], object]],
+                    waits: list[Callable[[], None]]) -> str | None:
+        """Plan this lab's own Redis (plain, AOF, or a master with a replica and a Sentinel); return its URL."""
+        appendonly = self.spec.redis in ("aof", "sentinel")
+        if self.spec.redis == "sentinel":  # the apps find the master through the Sentinel
+            sentinel_port = services.free_port()
+            self.store_env = {"LAB_REDIS_SENTINELS": f"127.0.0.1:{sentinel_port}",
+                              "LAB_REDIS_MASTER": services.SENTINEL_MASTER}
+            ha: list[Future[None]] = []
+
+            def wait_ha() -> None:
+                ha[0].result()
+                self._step("redis master, replica and sentinel ready")
+
+            launches.append(lambda: ha.append(pool.submit(self._start_redis_ha, sentinel_port)))
+            waits.append(wait_ha)
+            return None
+        port = services.free_port()
+
+        def launch() -> None:
+            self._keep(services.start_redis(self.run_dir, port, appendonly=appendonly))
+            self._remember_redis("redis", appendonly=appendonly)
+
+        def wait() -> None:
+            self._wait_store("redis")
+            self._remember_redis("redis", appendonly=appendonly)  # its port, should it have moved
+
+        launches.append(launch)
+        waits.append(wait)
+        return services.redis_url(port)
+
+    def _start_redis_ha(self, sentinel_port: int) -> None:
+        """Start a Redis master (AOF), its replica and a Sentinel; the apps find the master through it."""
+        ha = services.start_redis_ha(self.run_dir, sentinels=1, appendonly=True, sentinel_ports=(sentinel_port,))
+        with self._lock:
+            self.stores.update({"redis": ha.master, "redis-replica": ha.replica, **{s.name: s for s in ha.sentinels}})
+        self.store_env = ha.app_env()
+        self._remember_redis("redis", appendonly=True)
+
+    def _plan_s3(self, launches: list[Callable[[], object]], waits: list[Callable[[], None]]) -> tuple[str, str, Secret]:
+        """Plan this lab's own S3 (and the fault proxy in front of it); return (endpoint, access key, secret)."""
+        ports = {name: services.free_port() for name in services.S3_PORT_NAMES}
+        access_key, secret = services.S3_ACCESS_KEY, Secret.random(18)
+        launches.append(lambda: self._keep(services.start_s3(self.run_dir, access_key, secret, ports=ports)))
+        waits.append(lambda: self._wait_store("s3"))
+        endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        if self.spec.s3_faults:  # the apps reach S3 through the fault proxy, where it will listen
+            listen = f"127.0.0.1:{services.free_port()}"
+            waits.append(lambda: self._start_faults(listen))
+            endpoint = "http://" + listen
+        return endpoint, access_key, secret
+
+    def _plan_postgres(self, pool: ThreadPoolExecutor, launches: list[Callable[[], object]],
+                       waits: list[Callable[[], None]]) -> str:
+        """Plan this lab's own PostgreSQL (a copy of the seeded template when the seed fits in it); return its URL."""
         template = None
         if self.spec.seed_users <= seed.SEED_USERS and self.spec.seed_products <= seed.SEED_PRODUCTS:
             template = services.postgres_template(seed.SEED_USERS, seed.SEED_PRODUCTS)
-        self.stores["postgres"] = services.start_postgres(self.run_dir, template=template)
-        if stateless and self.spec.redis == "sentinel":  # waits for each part: the others start meanwhile
-            self._start_redis_ha()
-        for svc in list(self.stores.values()):
-            svc.wait_ready()
-        if "redis" in self.stores and self.spec.redis != "sentinel":
-            self._remember_redis("redis", appendonly=self.spec.redis == "aof")
-        s3 = self.stores.get("s3")
-        s3_endpoint = s3.url if s3 else None
-        if s3 is not None and self.spec.s3_faults:
-            self.stores["faults"] = services.start_faults(self.run_dir, {"s3": s3.url.removeprefix("http://")})
-            s3_endpoint = "http://" + self.stores["faults"].extra["s3"]
-        if template is not None:
-            services.rotate_password(self.stores["postgres"])
-        else:
-            progress("seeding the database")
-        db_url = services.create_database(self.stores["postgres"].url)
-        if template is None:
-            seed.seed(db_url, users=self.spec.seed_users, products=self.spec.seed_products)
-        if "faults" in self.stores:
-            self.stores["faults"].wait_ready()
-        return BackingUrls(
-            database_url=db_url,
-            redis_url=self.stores["redis"].url if "redis" in self.stores and not self.store_env else None,
-            s3_endpoint=s3_endpoint,
-            s3_access_key=s3.extra["access_key"] if s3 else None,
-            s3_secret_key=Secret(s3.extra["secret_key"]) if s3 else None,
-        )
+        port, password = services.free_port(), Secret.random(18)
+        # The apps are told the password it will have; a copy of the template has the template's until rotated.
+        self._db_url = (f"postgresql://{services.POSTGRES_USER}:{password.value}@127.0.0.1:{port}/"
+                        f"{services.POSTGRES_DB}")
+        started: list[Future[services.Service]] = []
+        launches.append(lambda: started.append(pool.submit(
+            lambda: self._keep(services.start_postgres(self.run_dir, port, template=template)))))
 
-    def _start_redis_ha(self) -> None:
-        """Start a Redis master (AOF), its replica and a Sentinel; the apps find the master through it."""
-        ha = services.start_redis_ha(self.run_dir, sentinels=1, appendonly=True)
-        self.stores.update({"redis": ha.master, "redis-replica": ha.replica,
-                            **{s.name: s for s in ha.sentinels}})
-        self.store_env = ha.app_env()
-        self._remember_redis("redis", appendonly=True)
+        def wait() -> None:
+            pg = started[0].result()
+            self._step("postgres copied and started")
+            pg.wait_ready()
+            self._step("postgres ready")
+            if template is not None:
+                services.rotate_password(pg, password)
+                self._db_url = services.database_url(pg.url, services.POSTGRES_DB)
+            else:
+                self._db_url = services.create_database(pg.url)
+                seed.seed(self._db_url, users=self.spec.seed_users, products=self.spec.seed_products)
+
+        waits.append(wait)
+        return self._db_url
+
+    def _start_faults(self, listen: str) -> None:
+        """Start the fault proxy in front of this lab's S3, once S3 is ready."""
+        self._wait_store("s3")
+        s3 = self.stores["s3"]
+        self._keep(services.start_faults(self.run_dir, {"s3": s3.url.removeprefix("http://")},
+                                         listens={"s3": listen}), "faults")
+        self.stores["faults"].wait_ready()
+        self._step("fault proxy ready")
 
     def _remember_redis(self, name: str, appendonly: bool) -> None:
         """Remember how to start a Redis store again on its port, with its data directory (for restart_store)."""
         port = int(self.stores[name].extra["port"])
         self._restarts[name] = lambda: services.start_redis(self.run_dir, port, name=name, appendonly=appendonly)
 
-    def _start_app_tier(self, progress: Callable[[str], None]) -> None:
-        """Start the instances, the job workers and the balancer in front of the instances."""
-        progress(f"starting {self.spec.instances} {self.spec.app} instances")
-        with ThreadPoolExecutor(max_workers=max(1, len(self.spec.side_instances)),
-                                thread_name_prefix="statelab-side") as pool:
-            side = [(sid, pool.submit(self._spawn, sid, None, dict(env))) for sid, env in self.spec.side_instances]
-            try:
-                self._start_instances(self.spec.instances)
-            finally:  # keep every side instance that started, so that stop() stops it even when another failed
-                for sid, future in side:
-                    if future.exception() is None:
-                        self.side[sid] = future.result()
-            for _, future in side:
-                future.result()  # re-raise a side instance's failure
-        for i in range(self.spec.job_workers if self.spec.app == "stateless" else 0):
-            self.workers.append(services.start_worker(f"worker-{i + 1}", self.run_dir, self.app_env()))
-        if not self.spec.balancer:
-            self._event("started", "lab", f"{self.spec.app} x{self.spec.instances}, no balancer")
-            threading.Thread(target=self._supervise, name="statelab-supervisor", daemon=True).start()
-            return
-        progress(f"starting the {self.spec.lb} balancer ({self.policy})")
+    def _start_engine(self) -> None:
+        """Start the balancer with no backend yet: each instance joins it once the lab saw it ready."""
         self.engine = engine = self._engine_factory(self.spec.lb, health_interval_s=self.spec.health_interval_s,
                                                     health_path=self.spec.health_path)
-        engine.start(self.run_dir, self.spec.port or services.free_port(), services.free_port(), self.policy,
-                          [(i.id, i.address) for i in self.instances.values()])
-        self._event("started", "lab", f"{self.spec.app} x{self.spec.instances} behind {self.spec.lb}/{self.policy}")
-        threading.Thread(target=self._supervise, name="statelab-supervisor", daemon=True).start()
+        engine.start(self.run_dir, self.spec.port or services.free_port(), services.free_port(), self.policy, [])
+
+    def _respawn_all(self) -> None:
+        """Start every instance again (on its address), for instances told a store address that changed."""
+        for inst in [*self.instances.values()]:
+            inst.service.stop()
+            inst.service = self._spawn(inst.id, inst.port)
+            inst.port = int(inst.service.extra["port"])
+        for sid, svc in list(self.side.items()):
+            svc.stop()
+            self.side[sid] = self._spawn(sid, None, dict(dict(self.spec.side_instances)[sid]))
 
     def stop(self) -> None:
-        """Stop everything this lab started: balancer, instances, workers, then stores (in parallel)."""
+        """Stop everything this lab started: balancer, instances, workers, then stores (in parallel).
+
+        Shared stores are not this lab's to stop: its tenancy on them is given back (its database
+        dropped, its Redis index flushed, its bucket deleted).
+        """
         self._stop_supervisor.set()
         with self._lock:
-            if self.engine is not None:
-                try:
-                    self.engine.stop()
-                except Exception:  # keep stopping the rest
-                    log.exception("stopping the balancer failed")
-                self.engine = None
+            engine, self.engine = self.engine, None
+        if engine is not None:
+            try:
+                engine.stop()
+            except Exception:  # keep stopping the rest
+                log.exception("stopping the balancer failed")
+        with self._lock:
             doomed = [i.service for i in self.instances.values()] + self.workers + list(self.side.values())
+            doomed += [s for s in self._spawned if all(s is not d for d in doomed)]
             self.instances.clear()
             self.workers = []
             self.side = {}
+            self._spawned = []
+            own = [svc for name, svc in self.stores.items() if name not in self.shared_stores]
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda s: s.stop(), doomed))
-            list(pool.map(lambda s: s.stop(), list(self.stores.values())))
+            list(pool.map(lambda s: s.stop(), own))
+        if self.tenancy is not None and self._shared is not None:
+            self._shared.release(self.tenancy)
+            self.tenancy = None
         self.stores.clear()
         self._stack.close()
 
@@ -336,34 +528,45 @@ class Lab:
         return env
 
     def _spawn(self, instance_id: str, port: int | None, extra_env: Mapping[str, str] | None = None) -> services.Service:
-        """Start an instance process, retrying on a new port if the old one is taken."""
+        """Start an instance process and wait until it answers with its own id; retry on a new port if taken."""
         # Each instance has its own "local disk", as separate machines or containers would.
         env = {"LAB_UPLOAD_DIR": str(self.run_dir / "uploads" / instance_id), **self.app_env(), **(extra_env or {})}
         for attempt in range(START_RETRIES):
             svc = self._start_instance(self.spec.app, instance_id, self.run_dir, env, port=port,
                                        threads=self.spec.threads, workers=self.spec.workers)
+            with self._lock:
+                self._spawned.append(svc)  # stop() stops it even if the start fails on another thread
             try:
-                return svc.wait_ready()
+                svc.wait_ready()
+                self._step(f"{instance_id} ready")
+                return svc
             except ServiceFailed as exc:
                 if "in use" not in exc.log_tail or attempt == START_RETRIES - 1:
                     raise
                 port = None
         raise AssertionError("unreachable")
 
-    def _start_instances(self, count: int) -> list[Instance]:
-        ids = []
-        for _ in range(count):
-            ids.append(f"app-{self._next_id}")
-            self._next_id += 1
-        with ThreadPoolExecutor(max_workers=max(1, count)) as pool:
-            started = list(pool.map(lambda i: self._spawn(i, None), ids))
+    def _new_ids(self, count: int) -> list[str]:
+        ids = [f"app-{self._next_id + i}" for i in range(count)]
+        self._next_id += count
+        return ids
+
+    def _add_instances(self, ids: Sequence[str], started: Sequence[services.Service]) -> list[Instance]:
+        """Register started instance processes as the lab's instances."""
         new = []
         with self._lock:
             for iid, svc in zip(ids, started):
                 inst = Instance(iid, int(svc.extra["port"]), svc)
                 self.instances[iid] = inst
                 new.append(inst)
+            self._spawned = [s for s in self._spawned if all(s is not i.service for i in new)]
         return new
+
+    def _start_instances(self, count: int) -> list[Instance]:
+        ids = self._new_ids(count)
+        with ThreadPoolExecutor(max_workers=max(1, count)) as pool:
+            started = list(pool.map(lambda i: self._spawn(i, None), ids))
+        return self._add_instances(ids, started)
 
     def _instance(self, instance_id: str) -> Instance:
         try:
@@ -445,6 +648,7 @@ class Lab:
         """Send sig to a backing store (`redis`, `s3`, ...); nothing restarts it unless `restart_store` is called."""
         if name not in self.stores:
             raise ControlError(f"no store {name!r}: running are {', '.join(self.stores)}")
+        self._refuse_shared(name)
         self._event("killed", name, signal.Signals(sig).name)
         self.stores[name].process.signal(sig)
 
@@ -453,6 +657,7 @@ class Lab:
 
         A port taken meanwhile is an error, never a move to another port: the apps would not find it.
         """
+        self._refuse_shared(name)
         if name not in self._restarts:
             raise ControlError(f"the lab cannot restart store {name!r} (only {', '.join(self._restarts) or 'none'})")
         self.stores[name].stop()
@@ -468,6 +673,11 @@ class Lab:
             raise ControlError(f"no job worker {name!r}: running are {', '.join(w.name for w in self.workers)}")
         self._event("killed", name, signal.Signals(sig).name)
         worker.process.signal(sig)
+
+    def _refuse_shared(self, name: str) -> None:
+        if name in self.shared_stores:
+            raise ControlError(f"store {name!r} is shared with the run's other labs: a lab that kills or restarts a "
+                               f"store must run its own (LabSpec.own_stores=({name!r},))")
 
     @property
     def faults(self) -> FaultClient:
@@ -557,6 +767,15 @@ class Lab:
                     self._start_again(inst, "restarted")
                 except Exception as exc:
                     log.error("restarting %s failed: %s", inst.id, exc)
+
+
+def _tenant_view(shared: services.Service, t: Tenancy) -> services.Service:
+    """Return a lab's view of a shared store: the shared process, at the URL of the lab's tenancy."""
+    url = {"postgres": t.database_url, "redis": t.redis_url}.get(shared.name) or shared.url
+    extra = dict(shared.extra)
+    if shared.name == "s3":
+        extra["bucket"] = t.s3_bucket
+    return services.Service(shared.name, shared.process, url, extra=extra)
 
 
 def _public_url(url: str) -> str:

@@ -43,8 +43,9 @@ def test_start_puts_every_ready_instance_behind_the_balancer(fakes: LabFakes, tm
     with Lab(LabSpec(app="stateful", instances=2, run_dir=tmp_path), start_instance=fakes.start_instance,
              engine_factory=fakes.engine_factory) as lab:
         lab.start(backing=FAKE_BACKING)
-        assert sorted(fakes.journal.lines[:2]) == ["start app-1", "start app-2"]
-        assert fakes.journal.lines[2:] == ["balancer app-1 app-2"]
+        # the balancer starts beside the instances, empty; each instance joins once the lab saw it ready
+        assert sorted(fakes.journal.lines[:3]) == ["balancer ", "start app-1", "start app-2"]
+        assert fakes.journal.lines[3:] == ["add app-1", "add app-2"]
         assert [i.id for i in lab.status().instances] == ["app-1", "app-2"]
         assert kinds(lab) == ["started lab"]
     assert fakes.engine.stopped and not any(p.alive() for p in fakes.processes.values())
@@ -132,7 +133,8 @@ def test_the_options_a_scenario_needs_reach_the_instances_and_the_balancer(fakes
         assert {iid: w["workers"] for iid, w in fakes.started_with.items()} == {"app-1": 4, "app-2": 4, "probe": 4}
         assert fakes.started_with["probe"]["env"]["LAB_AUTH_MODE"] == "jwt"  # type: ignore[index]
         assert fakes.started_with["app-1"]["env"]["LAB_AUTH_MODE"] == "session"  # type: ignore[index]
-        assert set(lab.side) == {"probe"} and fakes.journal.lines[-1] == "balancer app-1 app-2"  # not balanced
+        assert set(lab.side) == {"probe"} and "add probe" not in fakes.journal.lines  # not balanced
+        assert sorted(line for line in fakes.journal.lines if line.startswith("add")) == ["add app-1", "add app-2"]
     assert not fakes.processes["probe"].alive()  # stopped with the lab
 
 
