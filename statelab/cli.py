@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 from statelab.balancer.policies import POLICY_NAMES
@@ -325,9 +325,11 @@ def _check_port(port: int, what: str) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from statelab.control import ControlServer, write_state_file
-    from statelab.dashboard import Dashboard
     from statelab.report import lab as report
     from statelab.topology import Lab, LabSpec
+
+    if TYPE_CHECKING:
+        from statelab.dashboard import Dashboard
 
     spec = LabSpec(app=args.app, instances=args.instances, policy=args.policy, lb=args.lb,
                    port=args.port or None, run_dir=args.run_dir or _default_run_dir(f"up-{args.app}"),
@@ -345,6 +347,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         control = ControlServer(lab).start()
         dashboard_url = None
         if not args.no_dashboard:
+            from statelab.dashboard import Dashboard  # here: importing it costs the lab's start a tenth of a second
+
             dashboard = Dashboard(lab, control.url).start()
             dashboard_url = dashboard.url
         write_state_file(args.state_file, lab, control.url, dashboard_url)

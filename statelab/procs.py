@@ -191,6 +191,7 @@ class ManagedProcess:
         clock: Callable[[], float] = time.monotonic,
         popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
         stop_grace_s: float = STOP_GRACE_S,
+        stop_signal: int = signal.SIGTERM,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -203,6 +204,7 @@ class ManagedProcess:
         self._clock = clock
         self._popen = popen
         self.stop_grace_s = stop_grace_s
+        self.stop_signal = stop_signal  # what asks it to stop before the grace runs out (then SIGKILL)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __repr__(self) -> str:
@@ -273,12 +275,12 @@ class ManagedProcess:
             pass
 
     def stop(self, grace_s: float | None = None) -> int | None:
-        """Stop the child: TERM to its group, wait up to grace_s, then KILL; return the exit code."""
+        """Stop the child: its stop signal (TERM) to its group, wait up to grace_s, then KILL; return the exit code."""
         grace_s = self.stop_grace_s if grace_s is None else grace_s
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.signal(self.stop_signal)
             try:
                 self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from statelab.config import Secret
 from statelab.errors import DependencyMissing, ServiceFailed
-from statelab.procs import ManagedProcess, Probe, free_port, http_probe, log_tail
+from statelab.procs import ManagedProcess, Probe, free_port, http_probe, log_tail, tcp_probe
 
 S3_PORT_NAMES = (
     "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
@@ -67,8 +67,9 @@ class Service:
                 self.cleanup_dirs, self.after_stop = fresh.cleanup_dirs, fresh.after_stop
         return self
 
-    def stop(self) -> None:
-        self.process.stop()
+    def stop(self, grace_s: float | None = None) -> None:
+        """Stop the server (TERM, then KILL after grace_s, its own grace by default) and tidy what it leaves."""
+        self.process.stop(grace_s)
         for d in self.cleanup_dirs:
             shutil.rmtree(d, ignore_errors=True)
         if self.after_stop is not None:
@@ -162,11 +163,31 @@ def start_redis(run_dir: Path, port: int | None = None, *, name: str = "redis", 
             "--protected-mode", "no", "--daemonize", "no", "--databases", str(databases)]
     if replicaof is not None:
         argv += ["--replicaof", replicaof[0], str(replicaof[1])]
-    probe = _replica_probe(port, data) if replicaof is not None else _redis_probe(port, data)
+    probe = _once_listening(port, lambda: _replica_probe(port, data) if replicaof is not None else _redis_probe(port, data))
     proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", probe=probe).start()
     return Service(name, proc, redis_url(port), extra={"port": str(port)},
                    respawn=lambda: start_redis(run_dir, name=name, appendonly=appendonly, replicaof=replicaof,
                                                databases=databases))
+
+
+def _once_listening(port: int, make: Callable[[], Probe]) -> Probe:
+    """Return a probe that runs make()'s probe only once something listens on the loopback port.
+
+    The full probes import their clients (redis, psycopg, minio: a third of a second in a fresh
+    process) and open a session, authenticated, at every call; a refused TCP connect costs
+    neither, so a lab that starts a dozen processes leaves its CPU to them while they boot.
+    """
+    listening = tcp_probe("127.0.0.1", port)
+    full: list[Probe] = []
+
+    def probe() -> bool:
+        if not listening():
+            return False
+        if not full:
+            full.append(make())
+        return full[0]()
+
+    return probe
 
 
 def redis_url(port: int, db: int = 0) -> str:
@@ -238,7 +259,8 @@ def start_sentinel(run_dir: Path, master: tuple[str, int], name: str = "sentinel
         f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
         f"sentinel parallel-syncs {master_name} 1", ""]))
     argv = [str(find_redis_server()), str(conf), "--sentinel"]
-    proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log", probe=_sentinel_probe(port, master_name)).start()
+    proc = ManagedProcess(name, argv, run_dir / "logs" / f"{name}.log",
+                          probe=_once_listening(port, lambda: _sentinel_probe(port, master_name))).start()
     return Service(name, proc, f"127.0.0.1:{port}", extra={"port": str(port), "master_name": master_name},
                    respawn=lambda: start_sentinel(run_dir, master, name, None, master_name, quorum, down_after_ms,
                                                   failover_timeout_ms))
@@ -341,8 +363,9 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             "-c", f"max_connections={max_connections}", "-c", "shared_buffers=64MB", "-c", "log_min_messages=warning"]
     url = f"postgresql://{POSTGRES_USER}:{password.value}@127.0.0.1:{port}/postgres"
-    proc = ManagedProcess("postgres", argv, run_dir / "logs" / "postgres.log", probe=_pg_probe(url, datadir),
-                          user=user, group=group, cwd=base).start()
+    proc = ManagedProcess("postgres", argv, run_dir / "logs" / "postgres.log",
+                          probe=_once_listening(port, lambda: _pg_probe(url, datadir)),
+                          user=user, group=group, cwd=base, stop_signal=signal.SIGINT).start()
     return Service("postgres", proc, url, cleanup_dirs=cleanup, extra={"port": str(port), "bindir": str(bindir)},
                    respawn=lambda: start_postgres(run_dir, template=template, wal_segment_mb=wal_segment_mb,
                                                   max_connections=max_connections))
@@ -518,7 +541,7 @@ def start_s3(run_dir: Path, access_key: str = S3_ACCESS_KEY, secret_key: Secret 
     # Any HTTP answer (403 without credentials) means the S3 gateway is serving. weed takes 2.2 s to
     # honour SIGTERM; a lab's S3 data dies with its run, so a short grace keeps labs quick to stop.
     proc = ManagedProcess("s3", argv, run_dir / "logs" / "s3.log",
-                          probe=_s3_probe(endpoint, access_key, secret_key),
+                          probe=_once_listening(ports["s3.port"], lambda: _s3_probe(endpoint, access_key, secret_key)),
                           env=env, cwd=data, stop_grace_s=0.3).start()
     return Service("s3", proc, endpoint,
                    extra={"access_key": access_key, "secret_key": secret_key.value, "ports": json.dumps(ports)},
@@ -582,7 +605,8 @@ def start_app(kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str]
             "--keep-alive", "5", "--log-level", "warning", "--access-logfile", "-", *extra_args,
             f"{module}:create_app()"]
     proc = ManagedProcess(f"app-{instance_id}", argv, run_dir / "logs" / f"{instance_id}.log",
-                          probe=_instance_probe(f"http://127.0.0.1:{port}/healthz", instance_id),
+                          probe=_once_listening(port, lambda: _instance_probe(f"http://127.0.0.1:{port}/healthz",
+                                                                               instance_id)),
                           env=child_env, cwd=Path(__file__).resolve().parent.parent).start()
     return Service(f"app-{instance_id}", proc, f"http://127.0.0.1:{port}",
                    extra={"instance_id": instance_id, "port": str(port)})

@@ -34,6 +34,7 @@ from statelab.stores import STORE_NAMES, SharedStores, Tenancy
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 10.0
+TEARDOWN_GRACE_S = 0.1  # SIGTERM to SIGKILL when a lab stops for good (its processes' state is thrown away)
 SUPERVISE_INTERVAL_S = 0.2
 START_RETRIES = 3
 # How the lab runs Redis for the stateless app: without persistence, with an append-only file
@@ -251,12 +252,13 @@ class Lab:
                 if engine is not None:
                     engine.result()
                     self._step("balancer ready")
-            for i in range(self.spec.job_workers if self.spec.app == "stateless" else 0):
-                self.workers.append(services.start_worker(f"worker-{i + 1}", self.run_dir, self.app_env()))
             if self.engine is not None:
                 for inst in self.instances.values():
                     self.engine.add_backend(inst.id, inst.address)
                 self._step("instances in rotation")
+            for i in range(self.spec.job_workers if self.spec.app == "stateless" else 0):
+                self.workers.append(services.start_worker(f"worker-{i + 1}", self.run_dir, self.app_env()))
+            if self.engine is not None:
                 self._event("started", "lab", f"{self.spec.app} x{self.spec.instances} behind {self.spec.lb}/{self.policy}")
             else:
                 self._event("started", "lab", f"{self.spec.app} x{self.spec.instances}, no balancer")
@@ -270,7 +272,7 @@ class Lab:
         """Note one step of the start in the timeline (seconds since start() was called)."""
         t = round(self._clock() - self._t_start, 3)
         self.timeline.append((t, what))
-        log.info("lab start %6.3fs %s", t, what)
+        log.info("lab %s start %6.3fs %s", self.run_dir.name, t, what)
 
     def _begin_stores(self, pool: ThreadPoolExecutor, shared: SharedStores | None
                       ) -> tuple[BackingUrls, Callable[[], object], Callable[[], BackingUrls]]:
@@ -464,7 +466,7 @@ class Lab:
             self.side[sid] = self._spawn(sid, None, dict(dict(self.spec.side_instances)[sid]))
 
     def stop(self) -> None:
-        """Stop everything this lab started: balancer, instances, workers, then stores (in parallel).
+        """Stop everything this lab started: the balancer, then instances, workers and stores at once.
 
         Shared stores are not this lab's to stop: its tenancy on them is given back (its database
         dropped, its Redis index flushed, its bucket deleted).
@@ -485,9 +487,13 @@ class Lab:
             self.side = {}
             self._spawned = []
             own = [svc for name, svc in self.stores.items() if name not in self.shared_stores]
+        # Traffic is over and everything the processes held is thrown away: no grace to wait out
+        # (a deploy's restart, which users see, stops an instance gracefully instead).
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(lambda s: s.stop(), doomed))
-            list(pool.map(lambda s: s.stop(), own))
+            stopped = [pool.submit(s.stop, TEARDOWN_GRACE_S) for s in doomed]
+            stopped += [pool.submit(s.stop) for s in own]  # each its own way (PostgreSQL: a fast shutdown)
+            for future in stopped:
+                future.result()
         if self.tenancy is not None and self._shared is not None:
             self._shared.release(self.tenancy)
             self.tenancy = None

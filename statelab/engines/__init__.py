@@ -1,9 +1,9 @@
 """The parent-side drivers of a lab's balancer: one interface over statelab's own balancer and HAProxy.
 
 The lab runtime drives either engine through `BalancerEngine`: `builtin` (in `builtin.py`) runs
-`python -m statelab lb ...` as a managed child and talks to its JSON admin API; `haproxy` (in
-`haproxy.py`) runs haproxy and talks to its runtime API socket. The balancer itself (the in-process
-proxy) lives in `statelab/balancer/`.
+statelab's own balancer (`python -m statelab.engines`, the server `statelab lb` runs) as a managed
+child and talks to its JSON admin API; `haproxy` (in `haproxy.py`) runs haproxy and talks to its
+runtime API socket. The balancer itself (the in-process proxy) lives in `statelab/balancer/`.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ balancer's records and backends through it.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -87,16 +88,10 @@ class BuiltinEngine:
     def start(self, run_dir: Path, port: int, admin_port: int, policy: str,
               backends: Sequence[tuple[str, str]]) -> None:
         """Start the balancer and wait until its admin API answers."""
-        argv = [sys.executable, "-m", "statelab", "lb", "--port", str(port), "--policy", policy,
-                "--admin-port", str(admin_port), "--health-interval", str(self.health_interval_s)]
-        if self.health_path != HEALTH_PATH:
-            argv += ["--health-path", self.health_path]
-        for bid, addr in backends:
-            argv += ["--backend", f"{bid}={addr}"]
-        if self.trust_forwarded_for:
-            argv.append("--trust-forwarded-for")
-        if not self.use_uvloop:
-            argv.append("--no-uvloop")
+        options = {"port": port, "admin_port": admin_port, "policy": policy, "backends": [list(b) for b in backends],
+                   "health_interval_s": self.health_interval_s, "health_path": self.health_path,
+                   "trust_forwarded_for": self.trust_forwarded_for, "use_uvloop": self.use_uvloop}
+        argv = [sys.executable, "-m", "statelab.engines", json.dumps(options)]
         self.port = port
         self.admin = AdminClient(f"http://127.0.0.1:{admin_port}")
         self.proc = ManagedProcess("balancer", argv, Path(run_dir) / "balancer.log",
