@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Protocol, Sequence
 
 import requests
 
@@ -29,6 +29,18 @@ from statelab.errors import ServiceFailed
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], bool]
+
+
+class Child(Protocol):
+    """What a managed process is to its owner: subprocess.Popen, or a fork server's child (statelab.forkserver)."""
+
+    pid: int
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
 STOP_GRACE_S = 5.0
 PROBE_INTERVAL_S = 0.05
 _PR_SET_PDEATHSIG = 1
@@ -122,11 +134,11 @@ class _Spawner:
     """
 
     def __init__(self) -> None:
-        self._jobs: queue.Queue[tuple[Callable[[], subprocess.Popen[bytes]], queue.Queue[object]]] = queue.Queue()
+        self._jobs: queue.Queue[tuple[Callable[[], Child], queue.Queue[object]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def spawn(self, make: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    def spawn(self, make: Callable[[], Child]) -> Child:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="statelab-spawner", daemon=True)
@@ -136,8 +148,7 @@ class _Spawner:
         result = reply.get()
         if isinstance(result, BaseException):
             raise result
-        assert isinstance(result, subprocess.Popen)
-        return result
+        return result  # type: ignore[return-value]  # make()'s Child (an exception was raised above)
 
     def _run(self) -> None:
         while True:
@@ -189,7 +200,7 @@ class ManagedProcess:
         user: int | None = None,
         group: int | None = None,
         clock: Callable[[], float] = time.monotonic,
-        popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+        popen: Callable[..., Child] = subprocess.Popen,
         stop_grace_s: float = STOP_GRACE_S,
         stop_signal: int = signal.SIGTERM,
     ) -> None:
@@ -205,7 +216,7 @@ class ManagedProcess:
         self._popen = popen
         self.stop_grace_s = stop_grace_s
         self.stop_signal = stop_signal  # what asks it to stop before the grace runs out (then SIGKILL)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: Child | None = None
 
     def __repr__(self) -> str:
         return f"ManagedProcess({self.name!r}, pid={self.pid})"

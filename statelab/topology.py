@@ -29,6 +29,7 @@ from statelab.engines import ENGINE_NAMES, HEALTH_PATH, BalancerEngine, make_eng
 from statelab.errors import ConfigError, ControlError, ServiceFailed
 from statelab.events import Event
 from statelab.faults import FaultClient
+from statelab.forkserver import ForkServer
 from statelab.stores import STORE_NAMES, SharedStores, Tenancy
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,12 @@ class Lab:
         self.spec = spec
         self.run_dir = spec.run_dir.resolve()
         self._clock = clock
-        self._start_instance = start_instance
+        # The lab's own instances fork from a server that imported gunicorn and the app once (a
+        # tenth of the CPU of a new interpreter each); another starter is used as it is.
+        self._start_instance = self._start_forked if start_instance is services.start_app else start_instance
+        self._forks: ForkServer | None = None
+        self._forks_started = False
+        self._forks_ready = threading.Event()
         self._engine_factory = engine_factory
         self._t0 = clock()
         self._stack = ExitStack()
@@ -226,6 +232,8 @@ class Lab:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with ThreadPoolExecutor(max_workers=self.spec.instances + len(self.spec.side_instances) + 4,
                                     thread_name_prefix="statelab-start") as pool:
+                if self._start_instance == self._start_forked:
+                    pool.submit(self._start_forks)  # its imports overlap everything else
                 if backing is None:
                     planned, launch_stores, stores_ready = self._begin_stores(pool, shared)
                 else:
@@ -494,6 +502,9 @@ class Lab:
             stopped += [pool.submit(s.stop) for s in own]  # each its own way (PostgreSQL: a fast shutdown)
             for future in stopped:
                 future.result()
+        if self._forks is not None:  # after its instances: what it still has dies with it
+            self._forks.stop()
+            self._forks = None
         if self.tenancy is not None and self._shared is not None:
             self._shared.release(self.tenancy)
             self.tenancy = None
@@ -532,6 +543,32 @@ class Lab:
         })
         env.update(dict(self.spec.app_env))
         return env
+
+    def _start_forks(self) -> None:
+        """Start the fork server the lab's instances are forked from (once; on failure they start as new processes)."""
+        with self._lock:
+            if self._forks_started:
+                return
+            self._forks_started = True
+        try:
+            self._forks = ForkServer(self.run_dir, [services.APP_MODULES[self.spec.app]])
+            self._forks.start()
+            self._step("fork server ready")
+        except Exception as exc:  # slower, not broken: each instance is then a new interpreter
+            log.warning("the fork server did not start (%s): instances start as new processes", exc)
+            if self._forks is not None:
+                self._forks.stop()
+            self._forks = None
+        finally:
+            self._forks_ready.set()
+
+    def _start_forked(self, kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], *,
+                      port: int | None, threads: int, workers: int) -> services.Service:
+        """Start one of the lab's own instances, forked from its fork server once that is up."""
+        self._start_forks()  # started by start() already: this only waits for it
+        self._forks_ready.wait()
+        return services.start_app(kind, instance_id, run_dir, env, port=port, threads=threads, workers=workers,
+                                  forks=self._forks)
 
     def _spawn(self, instance_id: str, port: int | None, extra_env: Mapping[str, str] | None = None) -> services.Service:
         """Start an instance process and wait until it answers with its own id; retry on a new port if taken."""
