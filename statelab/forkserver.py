@@ -1,12 +1,13 @@
 """A fork server for app instances: one process imports gunicorn and the app once, then forks every instance.
 
 `python -m gunicorn ...` costs an instance 0.7 s of CPU before it answers, nearly all of it spent
-importing gunicorn, Flask and the app's clients (minio, psycopg, redis); a lab starts up to ten
-instances at once, restarts them one by one in a deploy and adds four in a scale-out, on two
-cores. The fork server pays the imports once per lab: each instance is a fork of it that runs the
-same command line (`gunicorn ARGS`), so it is still a gunicorn master with its own worker, port,
-session, environment and log file, started in a tenth of the time. It is what gunicorn's
-`--preload` does for one master's workers, across instances.
+importing gunicorn, Flask and the app's clients (minio, psycopg, redis), and a scenario starts up
+to ten instances at once on two cores. The fork server pays the imports once per lab: each
+instance the lab starts with is a fork of it that runs the same command line (`gunicorn ARGS`),
+so it is still a gunicorn master with its own worker, port, session, environment and log file,
+started in a tenth of the time. It is what gunicorn's `--preload` does for one master's workers,
+across instances. (Instances started while users are there, in a deploy or a scale-out, are new
+interpreters, as new containers would be: their start time is part of what scenarios measure.)
 
 `ForkServer.popen` stands in for `subprocess.Popen` as `ManagedProcess`'s process constructor,
 so an instance's pid, exit code, signals and stop behave as for any child. The server reaps its

@@ -182,9 +182,13 @@ class Lab:
         self.spec = spec
         self.run_dir = spec.run_dir.resolve()
         self._clock = clock
-        # The lab's own instances fork from a server that imported gunicorn and the app once (a
-        # tenth of the CPU of a new interpreter each); another starter is used as it is.
+        # The lab's own instances that start with it fork from a server that imported gunicorn and
+        # the app once (a tenth of the CPU of a new interpreter each). An instance started while
+        # users are there (a deploy's new generation, a scale-out, a crash restart) is a new
+        # process, as a new container would be: its start time is part of what scenarios measure.
+        # Another starter is used as it is.
         self._start_instance = self._start_forked if start_instance is services.start_app else start_instance
+        self._forking = False  # true while start() runs
         self._forks: ForkServer | None = None
         self._forks_started = False
         self._forks_ready = threading.Event()
@@ -223,7 +227,8 @@ class Lab:
         stores do (the apps connect to their stores lazily, and their addresses are chosen before
         any of them starts). An instance joins the balancer once the stores are ready and the lab's
         own probe saw it answer with its own id; the balancer admits it at once, without waiting
-        for its health checks to rise. With `backing`, the stores already run elsewhere (already
+        for its health checks to rise. The instances fork from a server that imported the app once
+        (statelab.forkserver). With `backing`, the stores already run elsewhere (already
         seeded): only the app tier starts. With `shared`, the lab takes a tenancy on the run's
         stores instead of starting its own, except those in `LabSpec.own_stores`.
         """
@@ -233,6 +238,7 @@ class Lab:
             with ThreadPoolExecutor(max_workers=self.spec.instances + len(self.spec.side_instances) + 4,
                                     thread_name_prefix="statelab-start") as pool:
                 if self._start_instance == self._start_forked:
+                    self._forking = True
                     pool.submit(self._start_forks)  # its imports overlap everything else
                 if backing is None:
                     planned, launch_stores, stores_ready = self._begin_stores(pool, shared)
@@ -260,6 +266,7 @@ class Lab:
                 if engine is not None:
                     engine.result()
                     self._step("balancer ready")
+            self._forking = False
             if self.engine is not None:
                 for inst in self.instances.values():
                     self.engine.add_backend(inst.id, inst.address)
@@ -564,11 +571,14 @@ class Lab:
 
     def _start_forked(self, kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], *,
                       port: int | None, threads: int, workers: int) -> services.Service:
-        """Start one of the lab's own instances, forked from its fork server once that is up."""
-        self._start_forks()  # started by start() already: this only waits for it
-        self._forks_ready.wait()
+        """Start one of the lab's own instances: while the lab starts, forked from its fork server."""
+        forks = None
+        if self._forking:
+            self._start_forks()  # started by start() already: this only waits for it
+            self._forks_ready.wait()
+            forks = self._forks
         return services.start_app(kind, instance_id, run_dir, env, port=port, threads=threads, workers=workers,
-                                  forks=self._forks)
+                                  forks=forks)
 
     def _spawn(self, instance_id: str, port: int | None, extra_env: Mapping[str, str] | None = None) -> services.Service:
         """Start an instance process and wait until it answers with its own id; retry on a new port if taken."""
