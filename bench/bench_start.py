@@ -77,6 +77,7 @@ def time_up(checkout: Path, tmp: Path, instances: int) -> dict[str, float]:
             if "state_file" not in figures and state.exists():
                 figures["state_file"] = time.perf_counter() - t0
             time.sleep(POLL_INTERVAL_S)
+        session.close()  # an idle keep-alive connection would hold the balancer's drain
         t_stop = time.perf_counter()
         proc.send_signal(signal.SIGINT)
         proc.wait(30)

@@ -417,7 +417,10 @@ class Lab:
         endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         if self.spec.s3_faults:  # the apps reach S3 through the fault proxy, where it will listen
             listen = f"127.0.0.1:{services.free_port()}"
-            waits.append(lambda: self._start_faults(listen))
+            upstream = endpoint.removeprefix("http://")
+            launches.append(lambda: self._keep(services.start_faults(self.run_dir, {"s3": upstream},
+                                                                     listens={"s3": listen}), "faults"))
+            waits.append(lambda: self._wait_faults(listen, upstream))
             endpoint = "http://" + listen
         return endpoint, access_key, secret
 
@@ -450,14 +453,14 @@ class Lab:
         waits.append(wait)
         return self._db_url
 
-    def _start_faults(self, listen: str) -> None:
-        """Start the fault proxy in front of this lab's S3, once S3 is ready."""
+    def _wait_faults(self, listen: str, upstream: str) -> None:
+        """Wait for the fault proxy, started beside S3; start it again if S3 had to move to other ports."""
         self._wait_store("s3")
-        s3 = self.stores["s3"]
-        self._keep(services.start_faults(self.run_dir, {"s3": s3.url.removeprefix("http://")},
-                                         listens={"s3": listen}), "faults")
-        self.stores["faults"].wait_ready()
-        self._step("fault proxy ready")
+        moved = self.stores["s3"].url.removeprefix("http://")
+        if moved != upstream:
+            self.stores["faults"].stop()
+            self._keep(services.start_faults(self.run_dir, {"s3": moved}, listens={"s3": listen}), "faults")
+        self._wait_store("faults")
 
     def _remember_redis(self, name: str, appendonly: bool) -> None:
         """Remember how to start a Redis store again on its port, with its data directory (for restart_store)."""

@@ -3,8 +3,9 @@
 Two small scenarios run through the real runner: the first writes into each store through its
 lab's tenancy, the second checks that nothing of it is left (its databases dropped, its Redis
 index flushed, its buckets deleted) and that no two labs ever shared a database, an index or a
-bucket. `statelab up` is held to a generous ceiling to its first 200: the fine figures are
-bench/bench_start.py's job, on a quiet machine.
+bucket. A lab forks the instances it starts with from its fork server, and starts those of a
+deploy or a scale-out as new processes. `statelab up` is held to a generous ceiling to its first
+200: the fine figures are bench/bench_start.py's job, on a quiet machine.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from statelab.harness import Harness
 from statelab.procs import free_port
 from statelab.runner import NullProgress, RunOptions, run_all
 from statelab.scenario import AppCase, CaseContext, Measurements, Profile, Verdict
+from statelab.topology import Lab, LabSpec
 from statelab.turns import TOGETHER
 
 pytestmark = pytest.mark.live
@@ -176,3 +178,44 @@ def test_up_answers_through_its_balancer_within_a_generous_ceiling(tmp_path: Pat
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert proc.returncode == 0, (tmp_path / "up.log").read_text()
+
+
+def test_a_lab_forks_the_instances_it_starts_with_and_starts_later_ones_as_new_processes(tmp_path: Path) -> None:
+    lab = Lab(LabSpec(app="stateful", instances=2, run_dir=tmp_path / "lab", health_interval_s=0.25))
+    try:
+        lab.start()
+        forks = lab._forks
+        assert forks is not None and forks.process is not None and forks.process.pid is not None
+        server = forks.process.pid
+        assert "fork server ready" in [what for _, what in lab.timeline]
+        first = {i.id: i.service.process.pid for i in lab.instances.values()}
+        assert all(psutil.Process(pid).ppid() == server for pid in first.values() if pid)  # forked
+        assert requests.get(lab.balancer_url + "/healthz", timeout=5).status_code == 200
+        # users are there from now on: what starts now starts as a new process, as a new container would
+        lab.scale(3)
+        lab.restart_instance("app-1")
+        later = [lab.instances["app-3"].service.process.pid, lab.instances["app-1"].service.process.pid]
+        assert all(pid and psutil.Process(pid).ppid() == os.getpid() for pid in later)
+        # a forked instance's death is seen as any child's, with its exit code
+        victim = lab.instances["app-2"].service.process
+        victim.signal(signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while victim.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert victim.poll() == -signal.SIGKILL
+        with pytest.raises(ValueError, match="gunicorn"):
+            forks.popen(["python", "-c", "pass"])
+    finally:
+        lab.stop()
+    pids = [server, *first.values(), *later]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.05)
+    assert not [p for p in pids if _running(p)]
+
+
+def _running(pid: int | None) -> bool:
+    try:
+        return pid is not None and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
