@@ -10,6 +10,7 @@ quick profile at most 12 s.
     python bench/bench_start.py --before ../speed-before --after . --up 5
     python bench/bench_start.py --before ../speed-before --after . --up 0 --run all --runs 2
     python bench/bench_start.py --after . --up 0 --run costs --runs 1
+    python bench/bench_start.py --timeline --up 0      # where one lab's start goes, step by step
 
 "The first 200" is a GET of a product page (a database read) through the balancer, polled every
 10 ms from the moment the `statelab up` process is spawned. The balancer port is picked free by
@@ -109,6 +110,47 @@ def time_run(checkout: Path, tmp: Path, name: str, keep: Path | None = None, col
             "exit": done.returncode}
 
 
+def timeline(app: str, instances: int) -> None:
+    """Start one lab in this process and print where its start went, step by step (Lab.timeline)."""
+    import threading
+
+    from statelab.procs import free_port as lab_port
+    from statelab.topology import Lab, LabSpec
+
+    port = lab_port()
+    first: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with requests.Session() as s:
+            while not done.is_set() and not first:
+                try:
+                    if s.get(f"http://127.0.0.1:{port}/products/1", timeout=1.0).status_code == 200:
+                        first.append(time.perf_counter() - t0)
+                except requests.RequestException:
+                    time.sleep(POLL_INTERVAL_S)
+
+    with tempfile.TemporaryDirectory(prefix="statelab-bench-timeline-") as tmp:
+        lab = Lab(LabSpec(app=app, instances=instances, port=port, run_dir=Path(tmp) / "lab"))
+        t0 = time.perf_counter()
+        threading.Thread(target=poll, daemon=True).start()
+        try:
+            lab.start()
+            returned = time.perf_counter() - t0
+            deadline = time.monotonic() + 5
+            while not first and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL_S)
+        finally:
+            done.set()
+            t_stop = time.perf_counter()
+            lab.stop()
+    print(f"\nLab.start of {instances} {app} instances, step by step (seconds since start)")
+    for t, what in lab.timeline:
+        print(f"  {t:6.3f}  {what}")
+    print(f"  {returned:6.3f}  start returned; first 200 through the balancer at "
+          f"{first[0] if first else float('nan'):.3f}; stop took {time.perf_counter() - t_stop:.3f}")
+
+
 def spread(values: list[float]) -> str:
     if not values:
         return f"{'-':>8}{'-':>8}{'-':>8}"
@@ -124,10 +166,14 @@ def main() -> None:
     parser.add_argument("--run", action="append", default=[], help="time `statelab run NAME --quick` (repeatable)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each `statelab run` per column")
     parser.add_argument("--journals", type=Path, help="keep each run's JSON journal in this directory")
+    parser.add_argument("--timeline", action="store_true",
+                        help="first, start one lab in this process (this checkout) and print its start's timeline")
     args = parser.parse_args()
     columns = [("before", args.before.resolve())] if args.before else []
     columns.append(("after", args.after.resolve()))
     print(f"load average at start: {Path('/proc/loadavg').read_text().strip()}")
+    if args.timeline:
+        timeline("stateless", args.instances)
     with tempfile.TemporaryDirectory(prefix="statelab-bench-start-") as tmp_name:
         tmp = Path(tmp_name)
         if args.up:

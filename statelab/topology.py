@@ -312,12 +312,12 @@ class Lab:
         redis_url = None
         if stateless and "redis" not in share:
             redis_url = self._plan_redis(pool, launches, waits)
-        s3_plan: tuple[str, str, Secret] | None = None
-        if stateless and "s3" not in share:
-            s3_plan = self._plan_s3(launches, waits)
         db_url = None
         if "postgres" not in share:
             db_url = self._plan_postgres(pool, launches, waits)
+        s3_plan: tuple[str, str, Secret] | None = None
+        if stateless and "s3" not in share:  # last: the slowest to be ready (about a second)
+            s3_plan = self._plan_s3(launches, waits)
         planned = self._backing(db_url, redis_url, s3_plan)
 
         def launch() -> None:
