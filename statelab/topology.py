@@ -431,7 +431,7 @@ class Lab:
         if self.spec.seed_users <= seed.SEED_USERS and self.spec.seed_products <= seed.SEED_PRODUCTS:
             template = services.postgres_template(seed.SEED_USERS, seed.SEED_PRODUCTS)
         port, password = services.free_port(), Secret.random(18)
-        # The apps are told the password it will have; a copy of the template has the template's until rotated.
+        # The apps are told the password it will have (a copy of the template has the template's until rotated).
         self._db_url = (f"postgresql://{services.POSTGRES_USER}:{password.value}@127.0.0.1:{port}/"
                         f"{services.POSTGRES_DB}")
         started: list[Future[services.Service]] = []
@@ -443,11 +443,9 @@ class Lab:
             self._step("postgres copied and started")
             pg.wait_ready()
             self._step("postgres ready")
-            if template is not None:
-                services.rotate_password(pg, password)
-                self._db_url = services.database_url(pg.url, services.POSTGRES_DB)
-            else:
-                self._db_url = services.create_database(pg.url)
+            services.rotate_password(pg, password)  # the one the apps were told
+            self._db_url = services.create_database(pg.url)  # a template's copy has it, seeded
+            if template is None:
                 seed.seed(self._db_url, users=self.spec.seed_users, products=self.spec.seed_products)
 
         waits.append(wait)
