@@ -69,6 +69,7 @@ class SharedStores:
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._futures: dict[str, Future[services.Service]] = {}
+        self._started: dict[str, services.Service] = {}  # each store's server from the moment it is spawned
         self._planned: dict[str, dict[str, str]] = {}
         self._free_dbs = list(range(1, REDIS_DATABASES))
         self._numbers = itertools.count(1)
@@ -149,11 +150,14 @@ class SharedStores:
         with self._lock:
             self._stopped = True
             futures = dict(self._futures)
+        with self._lock:
+            started = dict(self._started)
         for name, future in futures.items():
-            try:
-                future.result().stop()
-            except Exception as exc:  # it never started: nothing to stop
-                log.debug("shared %s: %s", name, exc)
+            # A store still starting (a Ctrl-C during the first lab's start) is stopped where it is:
+            # its starter then fails, and nobody waits for it any more.
+            svc = future.result() if future.done() and future.exception() is None else started.get(name)
+            if svc is not None:
+                svc.stop()
         for name in ("s3", "redis", "postgres"):
             shutil.rmtree(self.run_dir / name, ignore_errors=True)
 
@@ -177,23 +181,28 @@ class SharedStores:
 
         def ready() -> services.Service:
             template = services.postgres_template(seed.SEED_USERS, seed.SEED_PRODUCTS)
-            pg = services.start_postgres(self.run_dir, port, template=template,
-                                         max_connections=SHARED_MAX_CONNECTIONS).wait_ready()
+            pg = self._keep(services.start_postgres(self.run_dir, port, template=template,
+                                                    max_connections=SHARED_MAX_CONNECTIONS)).wait_ready()
             services.rotate_password(pg, password)
             return pg
 
         return ready
 
     def _start_redis(self) -> Ready:
-        redis = services.start_redis(self.run_dir, free_port(), databases=REDIS_DATABASES)
+        redis = self._keep(services.start_redis(self.run_dir, free_port(), databases=REDIS_DATABASES))
         self._planned["redis"] = {"url": redis.url.rsplit("/", 1)[0] + "/"}
         return redis.wait_ready
 
     def _start_s3(self) -> Ready:
-        s3 = services.start_s3(self.run_dir)
+        s3 = self._keep(services.start_s3(self.run_dir))
         self._planned["s3"] = {"url": s3.url, "access_key": s3.extra["access_key"],
                                "secret_key": s3.extra["secret_key"]}
         return s3.wait_ready
+
+    def _keep(self, svc: services.Service) -> services.Service:
+        with self._lock:
+            self._started[svc.name] = svc
+        return svc
 
     # --- releasing ----------------------------------------------------------------------------
 
