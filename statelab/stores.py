@@ -66,7 +66,7 @@ class SharedStores:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir.resolve()
         self.starts: collections.Counter[str] = collections.Counter()  # servers started, by store (tests)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # lease() starts stores while holding it
         self._create_lock = threading.Lock()
         self._futures: dict[str, Future[services.Service]] = {}
         self._started: dict[str, services.Service] = {}  # each store's server from the moment it is spawned
