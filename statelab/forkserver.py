@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Sequence
 
 from statelab.errors import ServiceFailed
-from statelab.procs import ManagedProcess
+from statelab.procs import ManagedProcess, owned_tempdir
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class ForkServer:
         self.run_dir = run_dir
         self.modules = tuple(modules)
         self.name = name
-        self._dir = Path(tempfile.mkdtemp(prefix="statelab-fork-"))  # a unix socket path must stay short
+        self._dir = owned_tempdir("statelab-fork-", Path(tempfile.gettempdir()))  # a unix socket path must stay short
         self.sock_path = self._dir / "fork.sock"
         self.process: ManagedProcess | None = None
         self._conn: socket.socket | None = None

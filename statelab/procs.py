@@ -14,9 +14,11 @@ import logging
 import os
 import queue
 import random
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -173,6 +175,42 @@ def stop_all(grace_s: float | None = 2.0) -> None:
 
 
 atexit.register(stop_all)
+
+
+OWNER_FILE = "statelab-owner"  # in a temporary directory: the pid of the process that made it
+
+
+def owned_tempdir(prefix: str, root: Path) -> Path:
+    """Make a temporary directory under root that names its owner (this process), first removing orphans.
+
+    A lab killed with SIGKILL cannot tidy what it made outside its run directory (a PostgreSQL
+    data directory in /dev/shm, a fork server's socket): the next lab removes those whose owner is
+    gone. Directories without an owner file (older labs', other programs') are left alone.
+    """
+    remove_orphaned(root, prefix)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    (path / OWNER_FILE).write_text(str(os.getpid()))
+    return path
+
+
+def remove_orphaned(root: Path, prefix: str) -> list[Path]:
+    """Remove the directories under root named prefix* whose owner process has exited; return them."""
+    removed = []
+    for path in root.glob(prefix + "*"):
+        try:
+            owner = int((path / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(owner, 0)
+            continue  # still running (or a pid reused since: kept, which is harmless)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def log_tail(path: Path, lines: int = 30) -> str:

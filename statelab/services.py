@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from statelab.config import Secret
 from statelab.errors import DependencyMissing, ServiceFailed
-from statelab.procs import ManagedProcess, Probe, free_port, http_probe, log_tail, tcp_probe
+from statelab.procs import ManagedProcess, Probe, free_port, http_probe, log_tail, owned_tempdir, tcp_probe
 
 if TYPE_CHECKING:
     from statelab.forkserver import ForkServer
@@ -33,6 +33,7 @@ S3_PORT_NAMES = (
     "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance",
     "admin.port", "admin.port.grpc",
 )
+PG_SCRATCH_PREFIX = "statelab-pgdata-"  # a lab's PostgreSQL data directory in scratch_dir()
 APP_MODULES = {"stateful": "stateful_app", "stateless": "stateless_app"}  # what gunicorn imports, by app kind
 POSTGRES_USER = "lab"
 S3_ACCESS_KEY = "statelab"
@@ -347,7 +348,7 @@ def start_postgres(run_dir: Path, port: int | None = None, template: Path | None
     cleanup: list[Path] = []
     # A throwaway cluster (fsync off): in memory where the machine has a tmpfs, where copying the
     # template's 42 MB takes a tenth of the time it takes on a busy disk.
-    base = Path(tempfile.mkdtemp(prefix="statelab-pg-", dir=scratch_dir()))
+    base = owned_tempdir(PG_SCRATCH_PREFIX, scratch_dir())
     cleanup.append(base)
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")

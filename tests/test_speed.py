@@ -3,12 +3,14 @@
 A lab starts its instances and its balancer while its stores start, and each instance joins the
 balancer once the lab saw it ready; the balancer admits a new backend at once, without waiting for
 its own health checks to rise; a lab takes the run's shared stores except those its scenario must
-own. The live side (stores started once per run, clean tenancies) is in test_speed_live.py.
+own; what a lab killed with SIGKILL left in /dev/shm or /tmp is tidied by the next one. The live
+side (stores started once per run, clean tenancies, forked instances) is in test_speed_live.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 
 from statelab.balancer.pool import RISE, Pool
 from statelab.errors import ConfigError, ControlError
-from statelab.procs import free_port
+from statelab.procs import OWNER_FILE, free_port, owned_tempdir
 from statelab.topology import Lab, LabSpec
 from tests.support.labs import FAKE_BACKING, LabFakes
 
@@ -95,3 +97,19 @@ def test_statelab_lb_needs_a_backend_or_an_admin_port_to_add_them() -> None:
     assert result.returncode == 2
     assert "--backend" in result.stderr and "--admin-port" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_lab_removes_the_scratch_directories_of_labs_that_died_without_tidying(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(done.stdout)  # that process has exited: its directory is an orphan
+    orphan, mine, unowned = (tmp_path / "statelab-x-orphan", tmp_path / "statelab-x-mine",
+                             tmp_path / "statelab-x-unowned")
+    for path, owner in ((orphan, dead_pid), (mine, os.getpid()), (unowned, None)):
+        path.mkdir()
+        (path / "data").write_text("42 MB of a PostgreSQL cluster")
+        if owner is not None:
+            (path / OWNER_FILE).write_text(str(owner))
+    fresh = owned_tempdir("statelab-x-", tmp_path)
+    assert not orphan.exists() and mine.exists() and unowned.exists()  # never another's, never one without owner
+    assert (fresh / OWNER_FILE).read_text() == str(os.getpid())
