@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
@@ -593,6 +594,18 @@ def _s3_probe(endpoint: str, access_key: str, secret_key: Secret) -> Probe:
             http.clear()
 
     return probe
+
+
+def start_backing_stores(run_dir: Path, stack: ExitStack) -> dict[str, Service]:
+    """Start PostgreSQL, Redis and S3 side by side, each stopped by stack; return them once all three are ready."""
+    started = {}
+    for name, start in (("postgres", start_postgres), ("redis", start_redis), ("s3", start_s3)):
+        svc = start(run_dir)
+        stack.callback(svc.stop)
+        started[name] = svc
+    for svc in started.values():
+        svc.wait_ready()
+    return started
 
 
 def start_app(kind: str, instance_id: str, run_dir: Path, env: Mapping[str, str], port: int | None = None,

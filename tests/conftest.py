@@ -34,15 +34,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backing_services(run_dir: Path) -> Iterator[dict[str, services.Service]]:
     """PostgreSQL, Redis and SeaweedFS S3 as real processes, started in parallel."""
     with ExitStack() as stack:
-        started = {}
-        for name, start in (("postgres", services.start_postgres), ("redis", services.start_redis),
-                            ("s3", services.start_s3)):
-            svc = start(run_dir)
-            stack.callback(svc.stop)
-            started[name] = svc
-        for svc in started.values():
-            svc.wait_ready()
-        yield started
+        yield services.start_backing_stores(run_dir, stack)
 
 
 @pytest.fixture(scope="session")

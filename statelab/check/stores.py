@@ -43,14 +43,7 @@ class Stores:
 
 def start_stores(run_dir: Path, stack: ExitStack) -> Stores:
     """Start Redis, PostgreSQL and S3 in parallel, each stopped by stack; create the database and bucket."""
-    started = {}
-    for name, start in (("postgres", services.start_postgres), ("redis", services.start_redis),
-                        ("s3", services.start_s3)):
-        svc = start(run_dir)
-        stack.callback(svc.stop)
-        started[name] = svc
-    for svc in started.values():
-        svc.wait_ready()
+    started = services.start_backing_stores(run_dir, stack)
     s3 = started["s3"]
     stores = Stores(redis_url=started["redis"].url,
                     database_url=services.create_database(started["postgres"].url, DATABASE),
