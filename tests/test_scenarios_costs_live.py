@@ -8,7 +8,6 @@ only the verdict, and that nothing is left running.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import psutil
@@ -17,18 +16,14 @@ import pytest
 from statelab.report import html, journal
 from statelab.runner import NullProgress, RunOptions, run_all
 from statelab.scenario import RunReport, ScenarioResult
+from tests.support.procs import live_children
 
 pytestmark = pytest.mark.live
 
 
-def _children() -> set[int]:
-    me = psutil.Process(os.getpid())
-    return {p.pid for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
-
-
 @pytest.fixture(scope="module")
 def children_before() -> set[int]:
-    return _children()
+    return live_children()
 
 
 @pytest.fixture(scope="module")
@@ -231,5 +226,5 @@ def test_every_cost_case_matched_and_every_report_renders_it(run: RunReport, tmp
 
 
 def test_no_child_process_is_left_running(run: RunReport, children_before: set[int]) -> None:
-    left = [psutil.Process(pid).cmdline()[:3] for pid in _children() - children_before if psutil.pid_exists(pid)]
+    left = [psutil.Process(pid).cmdline()[:3] for pid in live_children() - children_before if psutil.pid_exists(pid)]
     assert left == [], f"left running after the scenarios: {left}"

@@ -17,19 +17,15 @@ import pytest
 from statelab.report import journal
 from statelab.runner import NullProgress, RunOptions, run_all
 from statelab.scenario import RunReport, ScenarioResult
+from tests.support.procs import live_children
 
 pytestmark = pytest.mark.live
-
-
-def _children() -> set[int]:
-    me = psutil.Process(os.getpid())
-    return {p.pid for p in me.children(recursive=True) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE}
 
 
 @pytest.fixture(scope="module")
 def children_before() -> set[int]:
     """Processes other fixtures of this session (shared stores) already run before the scenarios."""
-    return _children()
+    return live_children()
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +114,7 @@ def test_every_expectation_matched_and_the_journal_is_complete(run: RunReport, t
 
 
 def test_no_child_process_is_left_running(run: RunReport, children_before: set[int]) -> None:
-    left = [psutil.Process(pid).cmdline()[:3] for pid in _children() - children_before if psutil.pid_exists(pid)]
+    left = [psutil.Process(pid).cmdline()[:3] for pid in live_children() - children_before if psutil.pid_exists(pid)]
     assert left == [], f"left running after the scenarios: {left}"
 
 
@@ -130,7 +126,7 @@ def test_the_nat_lesson_holds_behind_haproxy(tmp_path: Path, children_before: se
     stateful, stateless = (case(report, "nat-hotspot", app) for app in ("stateful", "stateless"))
     assert stateful.figure("max_mean_ratio") > 2.0 and stateful.outcome == "reproduced"
     assert stateless.figure("max_mean_ratio") < 1.3 and stateless.outcome == "survived"
-    assert not (_children() - children_before), "processes left running after the HAProxy run"
+    assert not (live_children() - children_before), "processes left running after the HAProxy run"
 
 
 @pytest.mark.parametrize("scenario", ["nat-hotspot", "local-disk-upload"])
